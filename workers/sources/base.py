@@ -1,0 +1,88 @@
+"""What every connector shares: the failure classes and the shape of an extraction.
+
+A connector turns one source into a stream of RawItem, lazily, so memory is bounded by
+the chunk size whatever the size of the source. Failures are classified ONCE, here at
+the boundary: TransientError is worth retrying, PermanentError fails the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class SourceError(Exception):
+    """Base class of failures raised by connectors."""
+
+
+class TransientError(SourceError):
+    """Worth retrying: 429, 5xx, timeouts, connection resets."""
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class PermanentError(SourceError):
+    """Retrying will not help: other 4xx, unparsable bodies, oversized responses, loops."""
+
+
+@dataclass(slots=True)
+class RawItem:
+    """One upstream record, or one piece of upstream data that could not be parsed.
+
+    `record` is the parsed record (a dict) or None when `error` says why it could not be
+    parsed; `line` is the 1-based line (CSV) or position (JSON/RSS) for rejections;
+    `raw_text` keeps the unparsable text so a rejection still has its raw payload.
+    """
+
+    record: dict[str, Any] | None
+    line: int | None = None
+    error: str | None = None
+    raw_text: str | None = None
+
+
+@dataclass(slots=True)
+class FetchState:
+    """What the previous successful run left behind for this source."""
+
+    checkpoint: Any = None
+    etag: str | None = None
+    last_modified: str | None = None
+    file_hash: str | None = None
+
+
+@dataclass
+class Extraction:
+    """The result of opening a source.
+
+    `not_modified` is True when the upstream said (304) or showed (same file hash) that
+    nothing changed: then `items` is empty and nothing is processed. `new_state` holds
+    the validators to store once the run succeeds; connectors fill it while `items` is
+    consumed, so read it only after exhausting the iterator.
+    """
+
+    items: Iterator[RawItem]
+    not_modified: bool = False
+    new_state: dict[str, Any] = field(default_factory=dict)
+
+
+def dotted_get(obj: Any, path: str) -> Any:
+    """Follow a dotted path ("meta.next", "items.0.id") through dicts and lists; None if absent."""
+    if path == "":
+        return obj
+    current = obj
+    for part in path.split("."):
+        if isinstance(current, dict):
+            if part not in current:
+                return None
+            current = current[part]
+        elif isinstance(current, list) and part.lstrip("-").isdigit():
+            index = int(part)
+            if not -len(current) <= index < len(current):
+                return None
+            current = current[index]
+        else:
+            return None
+    return current
