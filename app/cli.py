@@ -1,0 +1,232 @@
+"""`python -m app.cli`: migrate | run [SOURCE ...] [--wait] | runs | stats | sources | reset --yes."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Annotated, Any
+
+import psycopg
+import typer
+from psycopg.rows import dict_row
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from app.enqueue import enqueue_fetch
+from app.runs import RUN_COLUMNS, ActiveRunExists, create_run
+from app.settings import Settings, get_settings
+from app.sources_config import SourceConfig, SourceConfigError, load_sources
+
+cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Data ingestion service: operator commands.")
+console = Console()
+err = Console(stderr=True)
+
+FINISHED = ("succeeded", "partial", "failed")
+COUNT_KEYS = ("fetched", "inserted", "updated", "unchanged", "rejected")
+
+
+def _settings() -> Settings:
+    try:
+        return get_settings()
+    except Exception as exc:  # pydantic ValidationError: say which variable is wrong
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _sources(settings: Settings) -> dict[str, SourceConfig]:
+    try:
+        return load_sources(settings.sources_file)
+    except SourceConfigError as exc:
+        err.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _connect(settings: Settings) -> psycopg.Connection:
+    try:
+        return psycopg.connect(settings.libpq_url, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        err.print(
+            f"[red]cannot reach PostgreSQL at {settings.database_url.split('@')[-1]}:[/red] {exc}\n"
+            "Start it (e.g. `docker compose up -d db`) or set DATABASE_URL; then run `python -m app.cli migrate`."
+        )
+        raise typer.Exit(2) from None
+
+
+@cli.command()
+def migrate() -> None:
+    """Create the database if it is missing, then apply every migration."""
+    from app.db.migrate import migrate as run_migrations
+
+    settings = _settings()
+    try:
+        run_migrations(settings)
+    except psycopg.OperationalError as exc:
+        err.print(f"[red]cannot reach PostgreSQL:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"database [bold]{settings.database_name}[/bold] is at the latest migration")
+
+
+@cli.command()
+def run(
+    sources: Annotated[list[str] | None, typer.Argument(help="Sources to run; none = every enabled one.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the runs until they finish.")] = False,
+    timeout: Annotated[float, typer.Option(help="Give up waiting after this many seconds.")] = 3600.0,
+) -> None:
+    """Start runs now. With --wait, exit 0 when every run ended succeeded/partial, 1 if any failed."""
+    settings = _settings()
+    configured = _sources(settings)
+    names = sources or [s.name for s in configured.values() if s.enabled and s.is_pulled]
+    unknown = [name for name in names if name not in configured]
+    if unknown:
+        err.print(f"[red]unknown source(s):[/red] {', '.join(unknown)}; configured: {', '.join(configured)}")
+        raise typer.Exit(2)
+    pushed = [name for name in names if not configured[name].is_pulled]
+    if pushed:
+        err.print(f"[red]push source(s) cannot be run:[/red] {', '.join(pushed)} (they receive webhooks)")
+        raise typer.Exit(2)
+    run_ids: list[int] = []
+    with _connect(settings) as conn:
+        for name in names:
+            try:
+                created = create_run(conn, configured[name], "cli")
+            except ActiveRunExists as exc:
+                err.print(f"[yellow]{exc}[/yellow]")
+                run_ids.append(int(exc.run["id"]))
+                continue
+            enqueue_fetch(created["id"])
+            run_ids.append(int(created["id"]))
+            console.print(f"run {created['id']} queued for [bold]{name}[/bold]")
+        if wait and run_ids:
+            final = _follow(conn, run_ids, timeout)
+            failed = [r for r in final if r["status"] == "failed"]
+            if failed or len(final) < len(run_ids):
+                raise typer.Exit(1)
+
+
+def _runs_table(rows: list[dict[str, Any]], title: str = "runs") -> Table:
+    table = Table(title=title)
+    for column in ("id", "source", "trigger", "status", *COUNT_KEYS, "created", "error"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r["id"]), r["source"], r["trigger"], r["status"], *(str(r[k]) for k in COUNT_KEYS),
+            r["created_at"].strftime("%Y-%m-%d %H:%M:%S"), (r["error"] or "")[:120],
+        )
+    return table
+
+
+_PROGRESS_SQL = f"""
+SELECT {RUN_COLUMNS}, chunks_total,
+       (SELECT count(*) FROM chunk_ledger l WHERE l.run_id = runs.id) AS chunks_done,
+       (SELECT coalesce(sum(fetched), 0) FROM chunk_ledger l WHERE l.run_id = runs.id) AS live_fetched
+FROM runs WHERE id = ANY(%s) ORDER BY id
+"""
+
+
+def _follow(conn: psycopg.Connection, run_ids: list[int], timeout: float) -> list[dict[str, Any]]:
+    """Show live progress until every run is finished (or the timeout passes)."""
+    deadline = time.monotonic() + timeout
+    rows: list[dict[str, Any]] = []
+    with Live(console=console, refresh_per_second=4, transient=not sys.stdout.isatty()) as live:
+        while time.monotonic() < deadline:
+            with conn.cursor(row_factory=dict_row) as cur:
+                cur.execute(_PROGRESS_SQL, (run_ids,))
+                rows = cur.fetchall()
+            conn.commit()
+            table = Table(title="progress")
+            for column in ("run", "source", "status", "chunks", "records processed"):
+                table.add_column(column)
+            for r in rows:
+                total = "?" if r["chunks_total"] is None else str(r["chunks_total"])
+                table.add_row(str(r["id"]), r["source"], r["status"], f"{r['chunks_done']}/{total}", str(r["live_fetched"]))
+            live.update(table)
+            if all(r["status"] in FINISHED for r in rows):
+                break
+            time.sleep(0.5)
+    finished = [r for r in rows if r["status"] in FINISHED]
+    console.print(_runs_table(rows, "result"))
+    if len(finished) < len(run_ids):
+        err.print(f"[red]timed out after {timeout:.0f}s with runs still active[/red]")
+    return finished
+
+
+@cli.command()
+def runs(
+    source: Annotated[str | None, typer.Option(help="Only this source.")] = None,
+    limit: Annotated[int, typer.Option(min=1, max=1000)] = 20,
+) -> None:
+    """List recent runs, newest first."""
+    settings = _settings()
+    with _connect(settings) as conn, conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE (%(source)s::text IS NULL OR source = %(source)s)"
+            " ORDER BY id DESC LIMIT %(limit)s",
+            {"source": source, "limit": limit},
+        )
+        console.print(_runs_table(cur.fetchall()))
+
+
+@cli.command()
+def stats() -> None:
+    """Records per source, runs by status, rejected and drift counts."""
+    settings = _settings()
+    with _connect(settings) as conn:
+        per_source = conn.execute("SELECT source, records, rejected FROM source_stats ORDER BY source").fetchall()
+        by_status = conn.execute("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status").fetchall()
+        drift = conn.execute("SELECT count(*) FROM drift_events").fetchone()
+    table = Table(title="records")
+    for column in ("source", "records", "rejected"):
+        table.add_column(column)
+    for name, count, rejected in per_source:
+        table.add_row(name, str(count), str(rejected))
+    table.add_row("[bold]total[/bold]", str(sum(r[1] for r in per_source)), str(sum(r[2] for r in per_source)))
+    console.print(table)
+    console.print("runs by status: " + (", ".join(f"{s}={n}" for s, n in by_status) or "none"))
+    console.print(f"drift events: {drift[0] if drift else 0}")
+
+
+@cli.command("sources")
+def list_sources() -> None:
+    """Configured sources with their checkpoint and last run."""
+    settings = _settings()
+    configured = _sources(settings)
+    with _connect(settings) as conn:
+        checkpoints = dict(conn.execute("SELECT source, value FROM checkpoints").fetchall())
+        last = {
+            row[0]: row[1:]
+            for row in conn.execute(
+                "SELECT DISTINCT ON (source) source, id, status, finished_at FROM runs ORDER BY source, id DESC"
+            ).fetchall()
+        }
+    table = Table(title=f"sources ({settings.sources_file})")
+    for column in ("name", "kind", "schedule", "enabled", "checkpoint", "last run"):
+        table.add_column(column)
+    for s in configured.values():
+        run_info = last.get(s.name)
+        table.add_row(
+            s.name, s.kind, s.schedule if s.is_pulled else "push", "yes" if s.enabled else "no",
+            "" if checkpoints.get(s.name) is None else str(checkpoints[s.name]),
+            f"{run_info[0]} {run_info[1]}" if run_info else "never",
+        )
+    console.print(table)
+
+
+@cli.command()
+def reset(yes: Annotated[bool, typer.Option("--yes", help="Confirm deleting all ingested data.")] = False) -> None:
+    """Delete every record, run, rejection, drift event and checkpoint (the schema stays)."""
+    if not yes:
+        err.print("refusing to reset without --yes (this deletes all ingested data)")
+        raise typer.Exit(2)
+    settings = _settings()
+    with _connect(settings) as conn:
+        conn.execute(
+            "TRUNCATE records, runs, raw_chunks, chunk_ledger, rejected_records, checkpoints, source_stats,"
+            " schema_fields, drift_events, idempotency_keys, webhook_deliveries RESTART IDENTITY"
+        )
+        conn.commit()
+    console.print(f"database [bold]{settings.database_name}[/bold] reset")
+
+
+if __name__ == "__main__":
+    cli()

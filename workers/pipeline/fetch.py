@@ -1,0 +1,129 @@
+"""Fetch: stream a run's source, keep the raw payloads chunk by chunk, fan out the chunks.
+
+Memory is bounded by the chunk size: items flow from the connector's generator into a
+buffer of `chunk_size`, which is stored and handed on before the next one fills.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+import structlog
+from psycopg.rows import dict_row
+
+from app.sources_config import SourceConfig
+from workers.pipeline.finalize import fail_run, finalize_run
+from workers.pipeline.incremental import is_after
+from workers.pipeline.raw import encode_item, store_chunk
+from workers.sources.base import FetchState, SourceError, dotted_get
+from workers.sources.registry import extract
+
+log = structlog.get_logger(__name__)
+
+EnqueueChunk = Callable[[int, int], None]
+
+_CLAIM_FETCH = """
+UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), heartbeat_at = now(),
+       fetch_attempts = fetch_attempts + 1
+WHERE id = %s AND status IN ('queued', 'running') AND chunks_total IS NULL
+RETURNING *
+"""
+
+
+@dataclass(frozen=True)
+class FetchOutcome:
+    chunks: int
+    not_modified: bool
+    status: str | None  # set when the run finished during the fetch stage
+
+
+def _claim(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
+    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_CLAIM_FETCH, (run_id,))
+        return cur.fetchone()
+
+
+def load_state(conn: psycopg.Connection, source: str) -> FetchState:
+    row = conn.execute(
+        "SELECT value, etag, last_modified, file_hash FROM checkpoints WHERE source = %s", (source,)
+    ).fetchone()
+    conn.commit()
+    if row is None:
+        return FetchState()
+    return FetchState(checkpoint=row[0], etag=row[1], last_modified=row[2], file_hash=row[3])
+
+
+def fetch_run(
+    conn: psycopg.Connection, run_id: int, *, enqueue_chunk: EnqueueChunk, max_attempts: int
+) -> FetchOutcome | None:
+    """Run the fetch stage of a run. None when there is nothing to do (already fetched/finished)."""
+    run = _claim(conn, run_id)
+    if run is None:
+        return None
+    if run["fetch_attempts"] > max_attempts:
+        fail_run(conn, run_id, f"fetch gave up after {max_attempts} attempts (worker lost or timed out each time)")
+        return FetchOutcome(chunks=0, not_modified=False, status="failed")
+    source = SourceConfig(**run["config"])
+    state = load_state(conn, source.name)
+    try:
+        extraction = extract(source, state)
+        chunks = 0
+        if not extraction.not_modified:
+            chunks = _store_and_fan_out(conn, run_id, source, state, extraction.items, enqueue_chunk)
+    except SourceError as exc:
+        message = f"{type(exc).__name__}: {_redact(str(exc), source)}"
+        fail_run(conn, run_id, message)
+        log.warning("fetch_failed", run_id=run_id, source=source.name, error=message)
+        return FetchOutcome(chunks=0, not_modified=False, status="failed")
+    fetch_state = dict(extraction.new_state)
+    with conn.transaction():
+        conn.execute(
+            "UPDATE runs SET chunks_total = %s, fetch_state = %s::jsonb, heartbeat_at = now() WHERE id = %s",
+            (chunks, orjson.dumps(fetch_state).decode(), run_id),
+        )
+    status = finalize_run(conn, run_id)
+    log.info("fetch_done", run_id=run_id, source=source.name, chunks=chunks, not_modified=extraction.not_modified)
+    return FetchOutcome(chunks=chunks, not_modified=extraction.not_modified, status=status)
+
+
+def _store_and_fan_out(
+    conn: psycopg.Connection,
+    run_id: int,
+    source: SourceConfig,
+    state: FetchState,
+    items: Any,
+    enqueue_chunk: EnqueueChunk,
+) -> int:
+    incremental = source.incremental_field
+    buffer: list[list[Any]] = []
+    chunk_no = 0
+
+    def flush() -> None:
+        nonlocal chunk_no, buffer
+        if store_chunk(conn, run_id=run_id, chunk_no=chunk_no, items=buffer):
+            enqueue_chunk(run_id, chunk_no)
+        conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = %s", (run_id,))
+        conn.commit()
+        chunk_no += 1
+        buffer = []
+
+    for item in items:
+        if incremental and item.record is not None and state.checkpoint is not None:
+            if not is_after(dotted_get(item.record, incremental), state.checkpoint):
+                continue  # at or before the checkpoint: already committed by an earlier run
+        buffer.append(encode_item(item))
+        if len(buffer) >= source.chunk_size:
+            flush()
+    if buffer:
+        flush()
+    return chunk_no
+
+
+def _redact(message: str, source: SourceConfig) -> str:
+    for secret in source.secret_values():
+        message = message.replace(secret, "***")
+    return message

@@ -1,0 +1,110 @@
+"""Finalize: close a run from its ledger, in ONE transaction with the checkpoint.
+
+Called after every committed chunk and after the fetch stage; whichever call sees every
+chunk committed does the work, under the run's row lock, exactly once. The checkpoint
+only moves forward, and only here: a crash before this commit leaves it where it was,
+and the next run re-reads the window (the upsert absorbs the overlap).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+
+from workers.pipeline.incremental import greatest
+
+_LEDGER_TOTALS = """
+SELECT count(*) AS chunks,
+       coalesce(sum(fetched), 0) AS fetched, coalesce(sum(inserted), 0) AS inserted,
+       coalesce(sum(updated), 0) AS updated, coalesce(sum(unchanged), 0) AS unchanged,
+       coalesce(sum(rejected), 0) AS rejected
+FROM chunk_ledger WHERE run_id = %s
+"""
+
+_SET_COUNTS = """
+UPDATE runs SET status = %(status)s, finished_at = now(), error = %(error)s,
+       fetched = %(fetched)s, inserted = %(inserted)s, updated = %(updated)s,
+       unchanged = %(unchanged)s, rejected = %(rejected)s
+WHERE id = %(run_id)s
+"""
+
+_SAVE_CHECKPOINT = """
+INSERT INTO checkpoints (source, value, etag, last_modified, file_hash, run_id, updated_at)
+VALUES (%(source)s, %(value)s::jsonb, %(etag)s, %(last_modified)s, %(file_hash)s, %(run_id)s, now())
+ON CONFLICT (source) DO UPDATE SET
+    value = excluded.value, etag = excluded.etag, last_modified = excluded.last_modified,
+    file_hash = excluded.file_hash, run_id = excluded.run_id, updated_at = now()
+"""
+
+
+def _lock_active_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run_id,))
+        run = cur.fetchone()
+    if run is None or run["status"] not in ("queued", "running"):
+        return None
+    return run
+
+
+def _ledger_totals(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(_LEDGER_TOTALS, (run_id,))
+        totals = cur.fetchone()
+    assert totals is not None
+    return totals
+
+
+def finalize_run(conn: psycopg.Connection, run_id: int) -> str | None:
+    """Finish the run if every chunk is committed; return the new status, or None."""
+    with conn.transaction():
+        run = _lock_active_run(conn, run_id)
+        if run is None or run["chunks_total"] is None:
+            return None
+        totals = _ledger_totals(conn, run_id)
+        if totals["chunks"] < run["chunks_total"]:
+            return None
+        status = "partial" if totals["rejected"] else "succeeded"
+        conn.execute(_SET_COUNTS, {**totals, "status": status, "error": None, "run_id": run_id})
+        _advance_checkpoint(conn, run)
+    return status
+
+
+def _advance_checkpoint(conn: psycopg.Connection, run: dict[str, Any]) -> None:
+    previous = conn.execute(
+        "SELECT value, etag, last_modified, file_hash FROM checkpoints WHERE source = %s FOR UPDATE",
+        (run["source"],),
+    ).fetchone()
+    old_value, old_etag, old_modified, old_hash = previous or (None, None, None, None)
+    value = old_value
+    for (chunk_max,) in conn.execute(
+        "SELECT max_incremental FROM chunk_ledger WHERE run_id = %s AND max_incremental IS NOT NULL", (run["id"],)
+    ):
+        value = greatest(value, chunk_max)
+    state = run["fetch_state"] or {}
+    conn.execute(
+        _SAVE_CHECKPOINT,
+        {
+            "source": run["source"],
+            "value": orjson.dumps(value).decode() if value is not None else None,
+            "etag": state.get("etag", old_etag),
+            "last_modified": state.get("last_modified", old_modified),
+            "file_hash": state.get("file_hash", old_hash),
+            "run_id": run["id"],
+        },
+    )
+
+
+def fail_run(conn: psycopg.Connection, run_id: int, error: str) -> bool:
+    """Mark an active run failed with its reason; counts are those of committed chunks.
+
+    The checkpoint is left untouched. Returns False when the run was already finished.
+    """
+    with conn.transaction():
+        if _lock_active_run(conn, run_id) is None:
+            return False
+        totals = _ledger_totals(conn, run_id)
+        conn.execute(_SET_COUNTS, {**totals, "status": "failed", "error": error[:2000], "run_id": run_id})
+    return True

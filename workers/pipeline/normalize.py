@@ -1,0 +1,175 @@
+"""Normalize: validate, map and coerce raw items into the unified record shape.
+
+Pure functions, no I/O: a chunk of RawItem in, accepted records and rejections out.
+A record is never silently dropped: it is accepted, rejected with a reason, or (when the
+same id appears twice in one chunk) superseded by its later copy and counted unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from app.sources_config import UNIFIED_FIELDS, SourceConfig
+from workers.pipeline.coerce import COERCERS, CoercionError, is_empty, to_datetime
+from workers.pipeline.incremental import greatest
+from workers.sources.base import RawItem, dotted_get
+
+# Reason codes stored with every rejection (docs/sources.md lists them).
+MISSING_ID = "missing_id"
+COERCION_FAILED = "coercion_failed"
+PARSE_ERROR = "parse_error"
+
+RSS_DEFAULT_FIELDS = {
+    "title": "title",
+    "url": "link",
+    "content": "description",
+    "author": "author",
+    "published_at": "published",
+}
+IDENTITY_FIELDS = {name: name for name in UNIFIED_FIELDS}
+
+
+@dataclass(slots=True)
+class NormalizedRecord:
+    external_id: str
+    title: str | None
+    content: str | None
+    author: str | None
+    url: str | None
+    published_at: datetime | None
+    data: dict[str, Any]
+    content_hash: bytes
+
+
+@dataclass(slots=True)
+class Rejection:
+    reason: str
+    message: str
+    field: str | None = None
+    line_no: int | None = None
+    external_id: str | None = None
+    raw: Any = None
+
+
+@dataclass
+class NormalizedChunk:
+    records: list[NormalizedRecord] = field(default_factory=list)
+    rejections: list[Rejection] = field(default_factory=list)
+    superseded: int = 0
+    max_incremental: Any = None
+
+
+class _Rejected(Exception):
+    def __init__(self, reason: str, message: str, field: str | None = None):
+        super().__init__(message)
+        self.rejection = Rejection(reason=reason, message=message, field=field)
+
+
+class Normalizer:
+    """Everything derived from a source's config once, then applied to every record."""
+
+    def __init__(self, source: SourceConfig):
+        self.source = source
+        self.id_field = source.id_field or "id"
+        defaults = RSS_DEFAULT_FIELDS if source.kind == "rss" else IDENTITY_FIELDS
+        self.mapping = {**defaults, **source.fields}
+        self.types = [(name.split("."), COERCERS[kind], name) for name, kind in source.types.items()]
+
+    def normalize_chunk(self, items: list[RawItem]) -> NormalizedChunk:
+        """Normalize a chunk: de-duplicated by external id (last wins) and sorted by it."""
+        chunk = NormalizedChunk()
+        by_id: dict[str, NormalizedRecord] = {}
+        incremental_field = self.source.incremental_field
+        for item in items:
+            try:
+                record = self.normalize_item(item)
+            except _Rejected as rejected:
+                rejection = rejected.rejection
+                rejection.line_no = item.line
+                rejection.raw = item.record if item.record is not None else item.raw_text
+                if item.record is not None and rejection.reason != MISSING_ID:
+                    identity = dotted_get(item.record, self.id_field)
+                    rejection.external_id = None if is_empty(identity) else str(identity)
+                chunk.rejections.append(rejection)
+                continue
+            if record.external_id in by_id:
+                chunk.superseded += 1
+            by_id[record.external_id] = record
+            if incremental_field:
+                chunk.max_incremental = greatest(chunk.max_incremental, dotted_get(record.data, incremental_field))
+        chunk.records = [by_id[key] for key in sorted(by_id)]
+        return chunk
+
+    def normalize_item(self, item: RawItem) -> NormalizedRecord:
+        if item.record is None:
+            raise _Rejected(PARSE_ERROR, item.error or "unparsable item")
+        if not isinstance(item.record, dict):
+            raise _Rejected(PARSE_ERROR, "record is not an object")
+        identity = dotted_get(item.record, self.id_field)
+        if is_empty(identity) or isinstance(identity, (dict, list)):
+            raise _Rejected(MISSING_ID, f"no usable value at id_field '{self.id_field}'", self.id_field)
+        data = self._coerced(item.record)
+        unified = {name: dotted_get(data, path) for name, path in self.mapping.items()}
+        published_at = None
+        if not is_empty(unified["published_at"]):
+            try:
+                published_at = to_datetime(unified["published_at"])
+            except CoercionError as exc:
+                raise _Rejected(COERCION_FAILED, str(exc), "published_at") from None
+        texts = {name: _as_text(unified[name]) for name in ("title", "content", "author", "url")}
+        digest = hashlib.sha256(
+            orjson.dumps([texts, published_at, data], option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+        ).digest()
+        return NormalizedRecord(
+            external_id=str(identity),
+            published_at=published_at,
+            data=data,
+            content_hash=digest,
+            **texts,
+        )
+
+    def _coerced(self, record: dict[str, Any]) -> dict[str, Any]:
+        if not self.types:
+            return record
+        data = dict(record)
+        for path, coerce, name in self.types:
+            parent = _parent_for_write(data, path)
+            if parent is None or path[-1] not in parent:
+                continue
+            value = parent[path[-1]]
+            if is_empty(value):
+                parent[path[-1]] = None
+                continue
+            try:
+                parent[path[-1]] = coerce(value)
+            except CoercionError as exc:
+                raise _Rejected(COERCION_FAILED, str(exc), name) from None
+        return data
+
+
+def _parent_for_write(data: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
+    """The dict holding the last path element, copied on the way so the raw stays intact."""
+    parent = data
+    for part in path[:-1]:
+        child = parent.get(part)
+        if not isinstance(child, dict):
+            return None
+        child = dict(child)
+        parent[part] = child
+        parent = child
+    return parent
+
+
+def _as_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()
+    return str(value)

@@ -1,0 +1,47 @@
+"""Raw payloads: how a chunk of upstream items is kept in PostgreSQL between the fetch
+and the normalize stage. Tasks carry (run_id, chunk_no), never the rows themselves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import psycopg
+
+from workers.sources.base import RawItem
+
+# Compact positional form: [line, record, error, raw_text]; orjson keeps it cheap.
+
+
+def encode_item(item: RawItem) -> list[Any]:
+    return [item.line, item.record, item.error, item.raw_text]
+
+
+def decode_items(payload: bytes) -> list[RawItem]:
+    return [RawItem(record=rec, line=line, error=err, raw_text=text) for line, rec, err, text in orjson.loads(payload)]
+
+
+def store_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: list[list[Any]]) -> bool:
+    """Store one chunk (committed); return True when it still needs normalising.
+
+    A fetch that is re-driven after a crash produces the same chunk numbers; a chunk
+    already stored is kept as it was, and only re-enqueued if its ledger row is absent.
+    """
+    with conn.transaction():
+        conn.execute(
+            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload) VALUES (%s, %s, %s, %s)"
+            " ON CONFLICT (run_id, chunk_no) DO NOTHING",
+            (run_id, chunk_no, len(items), orjson.dumps(items, option=orjson.OPT_NON_STR_KEYS)),
+        )
+        done = conn.execute(
+            "SELECT 1 FROM chunk_ledger WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
+        ).fetchone()
+    return done is None
+
+
+def load_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int) -> list[RawItem] | None:
+    row = conn.execute(
+        "SELECT payload FROM raw_chunks WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
+    ).fetchone()
+    return decode_items(row[0]) if row else None

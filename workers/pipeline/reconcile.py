@@ -1,0 +1,88 @@
+"""Reconcile: re-drive work that stalled, so no run waits forever on a lost message.
+
+Runs from beat every few seconds. Anything stalled longer than TASK_TIMEOUT_S is sent
+again; the ledger makes a duplicate delivery harmless. Attempt counters in the database
+(runs.fetch_attempts, raw_chunks.attempts) turn endless redelivery into a failed run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import psycopg
+import structlog
+
+from workers.pipeline.finalize import fail_run, finalize_run
+
+log = structlog.get_logger(__name__)
+
+_STALLED_FETCHES = """
+SELECT id FROM runs
+WHERE chunks_total IS NULL AND status IN ('queued', 'running')
+  AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(timeout)s)
+ORDER BY id
+"""
+
+_STALLED_CHUNKS = """
+SELECT c.run_id, c.chunk_no, c.attempts, c.last_error
+FROM raw_chunks c
+JOIN runs r ON r.id = c.run_id AND r.status = 'running'
+WHERE c.enqueued_at < now() - make_interval(secs => %(timeout)s)
+  AND NOT EXISTS (SELECT 1 FROM chunk_ledger l WHERE l.run_id = c.run_id AND l.chunk_no = c.chunk_no)
+ORDER BY c.run_id, c.chunk_no
+LIMIT 1000
+"""
+
+_COMPLETE_UNFINALIZED = """
+SELECT r.id FROM runs r
+WHERE r.status = 'running' AND r.chunks_total IS NOT NULL
+  AND (SELECT count(*) FROM chunk_ledger l WHERE l.run_id = r.id) >= r.chunks_total
+"""
+
+
+@dataclass
+class ReconcileReport:
+    fetches_redriven: list[int] = field(default_factory=list)
+    chunks_redriven: list[tuple[int, int]] = field(default_factory=list)
+    runs_finalized: list[int] = field(default_factory=list)
+    runs_failed: list[int] = field(default_factory=list)
+
+
+def reconcile(
+    conn: psycopg.Connection,
+    *,
+    timeout_s: int,
+    max_attempts: int,
+    enqueue_fetch: Callable[[int], None],
+    enqueue_chunk: Callable[[int, int], None],
+) -> ReconcileReport:
+    """One pass over stalled runs and chunks."""
+    report = ReconcileReport()
+    params = {"timeout": timeout_s}
+    for (run_id,) in conn.execute(_STALLED_FETCHES, params).fetchall():
+        with conn.transaction():  # reset the clock so the next pass does not send it again at once
+            conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = %s", (run_id,))
+        enqueue_fetch(run_id)
+        report.fetches_redriven.append(run_id)
+    conn.commit()
+    for run_id, chunk_no, attempts, last_error in conn.execute(_STALLED_CHUNKS, params).fetchall():
+        if attempts >= max_attempts:
+            if fail_run(conn, run_id, f"chunk {chunk_no} failed after {attempts} attempts: {last_error or 'worker lost'}"):
+                report.runs_failed.append(run_id)
+            continue
+        with conn.transaction():
+            conn.execute(
+                "UPDATE raw_chunks SET enqueued_at = now() WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
+            )
+        enqueue_chunk(run_id, chunk_no)
+        report.chunks_redriven.append((run_id, chunk_no))
+    conn.commit()
+    for (run_id,) in conn.execute(_COMPLETE_UNFINALIZED).fetchall():
+        conn.commit()
+        if finalize_run(conn, run_id):
+            report.runs_finalized.append(run_id)
+    conn.commit()
+    if report.fetches_redriven or report.chunks_redriven or report.runs_finalized or report.runs_failed:
+        log.warning("reconciled", **report.__dict__)
+    return report

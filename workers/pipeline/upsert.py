@@ -1,0 +1,178 @@
+"""Upsert: write one normalised chunk, its rejections and its ledger row in ONE transaction.
+
+The ledger row (run_id, chunk_no) is inserted first: a second delivery of the same
+chunk either finds it committed (and does nothing) or waits on the first delivery's
+unique-index entry and then finds it. So a chunk that runs twice changes nothing the
+second time.
+
+Rows travel by COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
+whose WHERE clause skips rows whose content hash did not change: unchanged records cost
+no write and no index churn. `xmax = 0` in RETURNING tells inserts from updates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import psycopg
+
+from workers.pipeline.normalize import NormalizedChunk
+
+_STAGE_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS stage_records (
+    external_id  text NOT NULL,
+    title        text,
+    content      text,
+    author       text,
+    url          text,
+    published_at timestamptz,
+    data         jsonb NOT NULL,
+    content_hash bytea NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+
+_UPSERT_SQL = """
+WITH written AS (
+    INSERT INTO records AS r
+        (source, external_id, title, content, author, url, published_at, data, content_hash, last_run_id)
+    SELECT %(source)s, external_id, title, content, author, url, published_at, data, content_hash, %(run_id)s
+    FROM stage_records
+    ORDER BY external_id
+    ON CONFLICT (source, external_id) DO UPDATE SET
+        title = excluded.title,
+        content = excluded.content,
+        author = excluded.author,
+        url = excluded.url,
+        published_at = excluded.published_at,
+        data = excluded.data,
+        content_hash = excluded.content_hash,
+        last_run_id = excluded.last_run_id,
+        updated_at = now()
+    WHERE r.content_hash IS DISTINCT FROM excluded.content_hash
+    RETURNING (xmax = 0) AS is_insert
+)
+SELECT count(*) FILTER (WHERE is_insert), count(*) FILTER (WHERE NOT is_insert) FROM written
+"""
+
+_COPY_STAGE = (
+    "COPY stage_records (external_id, title, content, author, url, published_at, data, content_hash) FROM STDIN"
+)
+_COPY_REJECTS = (
+    "COPY rejected_records (run_id, source, chunk_no, line_no, external_id, reason, field, message, raw) FROM STDIN"
+)
+
+
+@dataclass(frozen=True)
+class ChunkCounts:
+    fetched: int
+    inserted: int
+    updated: int
+    unchanged: int
+    rejected: int
+
+
+_NUL = "\x00"
+_REPLACEMENT = "\ufffd"
+
+
+def _scrub(value: Any) -> Any:
+    """Replace NUL characters, which PostgreSQL text and jsonb cannot hold."""
+    if isinstance(value, str):
+        return value.replace(_NUL, _REPLACEMENT)
+    if isinstance(value, dict):
+        return {_scrub(str(k)): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
+
+
+def _json_text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    if b"\\u0000" in text:  # rare: only then pay for a scrubbing pass
+        text = orjson.dumps(_scrub(value), option=orjson.OPT_NON_STR_KEYS)
+    return text.decode()
+
+
+def _strip_nul(text: str | None) -> str | None:
+    return text.replace(_NUL, _REPLACEMENT) if text and _NUL in text else text
+
+
+def write_chunk(
+    conn: psycopg.Connection,
+    *,
+    run_id: int,
+    chunk_no: int,
+    source: str,
+    fetched: int,
+    chunk: NormalizedChunk,
+) -> ChunkCounts | None:
+    """Commit one chunk; return its counts, or None when it was already committed or the
+    run is no longer active (failed runs take no more data)."""
+    with conn.transaction():
+        # FOR SHARE: chunks commit concurrently, but finalize/fail (FOR UPDATE) wait for
+        # in-flight chunks, so a run's counts always equal the sum of its ledger.
+        active = conn.execute(
+            "SELECT 1 FROM runs WHERE id = %s AND status = 'running' FOR SHARE", (run_id,)
+        ).fetchone()
+        if active is None:
+            return None
+        claimed = conn.execute(
+            "INSERT INTO chunk_ledger (run_id, chunk_no, fetched, inserted, updated, unchanged, rejected)"
+            " VALUES (%s, %s, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING RETURNING 1",
+            (run_id, chunk_no),
+        ).fetchone()
+        if claimed is None:
+            return None
+        inserted = updated = 0
+        if chunk.records:
+            conn.execute(_STAGE_DDL)
+            with conn.cursor().copy(_COPY_STAGE) as copy:
+                for rec in chunk.records:
+                    copy.write_row(
+                        (
+                            _strip_nul(rec.external_id),
+                            _strip_nul(rec.title),
+                            _strip_nul(rec.content),
+                            _strip_nul(rec.author),
+                            _strip_nul(rec.url),
+                            rec.published_at,
+                            _strip_nul(_json_text(rec.data)),
+                            rec.content_hash,
+                        )
+                    )
+            inserted, updated = conn.execute(_UPSERT_SQL, {"source": source, "run_id": run_id}).fetchone()  # type: ignore[misc]
+        if chunk.rejections:
+            with conn.cursor().copy(_COPY_REJECTS) as copy:
+                for rej in chunk.rejections:
+                    copy.write_row(
+                        (
+                            run_id, source, chunk_no, rej.line_no, _strip_nul(rej.external_id), rej.reason,
+                            rej.field, _strip_nul(rej.message), _strip_nul(_json_text(rej.raw)),
+                        )
+                    )
+        rejected = len(chunk.rejections)
+        counts = ChunkCounts(
+            fetched=fetched,
+            inserted=inserted,
+            updated=updated,
+            unchanged=fetched - inserted - updated - rejected,
+            rejected=rejected,
+        )
+        conn.execute(
+            "UPDATE chunk_ledger SET fetched = %s, inserted = %s, updated = %s, unchanged = %s, rejected = %s,"
+            " max_incremental = %s::jsonb, committed_at = now() WHERE run_id = %s AND chunk_no = %s",
+            (counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.rejected,
+             _json_text(chunk.max_incremental), run_id, chunk_no),
+        )
+        if inserted or rejected:
+            conn.execute(
+                "INSERT INTO source_stats (source, records, rejected) VALUES (%s, %s, %s)"
+                " ON CONFLICT (source) DO UPDATE SET records = source_stats.records + excluded.records,"
+                " rejected = source_stats.rejected + excluded.rejected",
+                (source, inserted, rejected),
+            )
+    return counts

@@ -1,0 +1,36 @@
+"""The beat schedule: one entry per enabled pulled source, plus the reconciler."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from celery.schedules import crontab, schedule
+
+from app.settings import Settings
+from app.sources_config import SourceConfig
+
+
+def reconcile_interval_s(settings: Settings) -> float:
+    """Often enough to re-drive stalled work soon after TASK_TIMEOUT_S."""
+    return max(5.0, min(60.0, settings.task_timeout_s / 4))
+
+
+def build_beat_schedule(sources: dict[str, SourceConfig], settings: Settings) -> dict[str, Any]:
+    entries: dict[str, Any] = {
+        "reconcile": {
+            "task": "workers.tasks.reconcile",
+            "schedule": schedule(reconcile_interval_s(settings)),
+            "options": {"expires": reconcile_interval_s(settings)},
+        }
+    }
+    for source in sources.values():
+        if not (source.enabled and source.is_pulled):
+            continue
+        parsed = source.parsed_schedule
+        when = schedule(parsed.every) if parsed.every else crontab(*parsed.cron)  # type: ignore[misc]
+        entries[f"source:{source.name}"] = {
+            "task": "workers.tasks.start_scheduled_run",
+            "schedule": when,
+            "args": [source.name],
+        }
+    return entries

@@ -1,0 +1,105 @@
+"""Celery tasks: ids in, one pipeline stage, a retry decision out. Nothing else lives here."""
+
+from __future__ import annotations
+
+import psycopg
+import structlog
+from celery import Task
+
+from app.enqueue import enqueue_fetch
+from app.runs import ActiveRunExists, create_run
+from app.settings import get_settings
+from app.sources_config import load_sources
+from workers import app, db
+from workers.pipeline import chunk as chunk_stage
+from workers.pipeline.fetch import fetch_run
+from workers.pipeline.finalize import fail_run
+from workers.pipeline.reconcile import reconcile as reconcile_pass
+
+log = structlog.get_logger(__name__)
+settings = get_settings()
+
+
+def _backoff_s(retries: int) -> float:
+    """Retry delay: short, growing, and far below the visibility timeout."""
+    return float(min(60, 2**retries))
+
+
+def _bind(task: Task, **context: object) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task.request.id, **context)
+
+
+def enqueue_chunk(run_id: int, chunk_no: int) -> None:
+    normalize_and_upsert.apply_async((run_id, chunk_no))
+
+
+@app.task(bind=True, name="workers.tasks.fetch_source", max_retries=None)
+def fetch_source(self: Task, run_id: int) -> dict[str, object] | None:
+    """Stream the run's source into raw chunks and fan out one normalize task per chunk."""
+    _bind(self, run_id=run_id)
+    try:
+        outcome = fetch_run(
+            db.connection(), run_id, enqueue_chunk=enqueue_chunk, max_attempts=settings.max_task_attempts
+        )
+    except psycopg.OperationalError as exc:  # database unreachable or restarted: try again later
+        db.reset()
+        log.warning("fetch_retry", error=str(exc))
+        raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries)) from None
+    except Exception as exc:  # a bug or an unexpected upstream shape: fail visibly, do not loop
+        log.exception("fetch_crashed")
+        fail_run(db.connection(), run_id, f"fetch crashed: {type(exc).__name__}: {exc}")
+        return None
+    return None if outcome is None else {"chunks": outcome.chunks, "status": outcome.status}
+
+
+@app.task(bind=True, name="workers.tasks.normalize_and_upsert", max_retries=None)
+def normalize_and_upsert(self: Task, run_id: int, chunk_no: int) -> dict[str, object] | None:
+    """Normalize one stored chunk and upsert it with its ledger row in one transaction."""
+    _bind(self, run_id=run_id, chunk_no=chunk_no)
+    try:
+        conn = db.connection()
+        if not chunk_stage.start_attempt(conn, run_id, chunk_no, settings.max_task_attempts):
+            return None
+        outcome = chunk_stage.normalize_and_upsert(conn, run_id, chunk_no)
+    except Exception as exc:  # deadlock, serialization failure, DB restart, poison data...
+        log.warning("chunk_retry", error=f"{type(exc).__name__}: {exc}", retries=self.request.retries)
+        try:
+            chunk_stage.record_failure(db.connection(), run_id, chunk_no, f"{type(exc).__name__}: {exc}")
+        except psycopg.Error:
+            db.reset()
+        raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries)) from None
+    if outcome.counts is None:
+        return None
+    return {"counts": outcome.counts.__dict__, "run_status": outcome.run_status}
+
+
+@app.task(bind=True, name="workers.tasks.start_scheduled_run")
+def start_scheduled_run(self: Task, source_name: str) -> int | None:
+    """Beat's entry point: create a run for the source unless one is already active."""
+    _bind(self, source=source_name)
+    source = load_sources(settings.sources_file).get(source_name)
+    if source is None or not source.enabled or not source.is_pulled:
+        log.info("scheduled_run_skipped", reason="source removed or disabled")
+        return None
+    try:
+        run = create_run(db.connection(), source, "schedule")
+    except ActiveRunExists as exc:
+        log.info("scheduled_run_skipped", reason=str(exc))
+        return None
+    enqueue_fetch(run["id"])
+    return int(run["id"])
+
+
+@app.task(bind=True, name="workers.tasks.reconcile")
+def reconcile(self: Task) -> dict[str, object]:
+    """Re-drive runs and chunks that stalled past TASK_TIMEOUT_S; finalize complete runs."""
+    _bind(self)
+    report = reconcile_pass(
+        db.connection(),
+        timeout_s=settings.task_timeout_s,
+        max_attempts=settings.max_task_attempts,
+        enqueue_fetch=lambda run_id: fetch_source.apply_async((run_id,)),
+        enqueue_chunk=enqueue_chunk,
+    )
+    return report.__dict__
