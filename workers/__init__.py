@@ -16,7 +16,7 @@ from app.settings import get_settings
 from app.sources_config import SourceConfigError, load_sources
 from workers.schedule import build_beat_schedule
 
-app = Celery("workers")
+app = Celery("workers", include=["workers.tasks"])
 app.config_from_object("celeryconfig")
 _settings = get_settings()
 
@@ -27,7 +27,6 @@ except SourceConfigError as exc:
     raise SystemExit(2) from None
 
 app.conf.beat_schedule = build_beat_schedule(_sources, _settings)
-app.autodiscover_tasks(["workers"], related_name="tasks", force=True)
 
 
 @setup_logging.connect
