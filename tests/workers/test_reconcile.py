@@ -1,0 +1,79 @@
+"""The reconciler re-drives lost work and finishes runs the queue forgot about."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+
+from tests.support.pipeline import get_run, records, source, wait_for_run
+from workers.pipeline.finalize import finalize_run
+from workers.pipeline.reconcile import reconcile
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+
+def make_run(db: psycopg.Connection, config_path: Path) -> int:
+    config = source("lost", "csv", str(config_path))
+    row = db.execute(
+        "INSERT INTO runs (source, trigger, config) VALUES ('lost', 'api', %s::jsonb) RETURNING id",
+        (orjson.dumps(config.snapshot()).decode(),),
+    ).fetchone()
+    return int(row[0])
+
+
+def test_a_queued_run_whose_message_was_lost_is_redriven(db: psycopg.Connection, tmp_path: Path) -> None:
+    data = tmp_path / "lost.csv"
+    data.write_text("id,name\n1,a\n2,b\n3,c\n")
+    run_id = make_run(db, data)  # a run row with no message in any queue
+    from workers.tasks import enqueue_chunk, fetch_source
+
+    sent: list[int] = []
+
+    def enqueue_fetch(rid: int) -> None:
+        sent.append(rid)
+        fetch_source.apply_async((rid,))
+
+    kwargs = {"max_attempts": 5, "enqueue_fetch": enqueue_fetch, "enqueue_chunk": enqueue_chunk}
+    assert reconcile(db, timeout_s=3600, **kwargs).fetches_redriven == []  # not stalled yet
+    report = reconcile(db, timeout_s=0, **kwargs)
+    assert report.fetches_redriven == [run_id] and sent == [run_id]
+    run = wait_for_run(db, run_id)
+    assert (run["status"], run["inserted"]) == ("succeeded", 3)
+    assert set(records(db, "lost")) == {"1", "2", "3"}
+
+
+def test_a_lost_chunk_is_redriven_and_a_poison_chunk_fails_the_run(db: psycopg.Connection, tmp_path: Path) -> None:
+    run_id = make_run(db, tmp_path / "unused.csv")
+    items = [[2, {"id": "1", "name": "a"}, None, None], [3, {"id": "2", "name": "b"}, None, None]]
+    db.execute("UPDATE runs SET status = 'running', chunks_total = 2, fetch_state = '{}' WHERE id = %s", (run_id,))
+    for chunk_no in (0, 1):
+        db.execute(
+            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, attempts) VALUES (%s, %s, 1, %s, %s)",
+            (run_id, chunk_no, orjson.dumps(items[chunk_no:chunk_no + 1]), 0 if chunk_no == 0 else 5),
+        )
+    from workers.tasks import enqueue_chunk
+
+    report = reconcile(db, timeout_s=0, max_attempts=5, enqueue_fetch=lambda _r: None, enqueue_chunk=enqueue_chunk)
+    assert report.chunks_redriven == [(run_id, 0)]
+    assert report.runs_failed == [run_id]  # chunk 1 already used its 5 attempts
+    run = get_run(db, run_id)
+    assert run["status"] == "failed" and "chunk 1 failed after 5 attempts" in run["error"]
+
+
+def test_finalize_is_idempotent(db: psycopg.Connection, tmp_path: Path) -> None:
+    run_id = make_run(db, tmp_path / "unused.csv")
+    db.execute("UPDATE runs SET status = 'running', chunks_total = 1, fetch_state = '{}' WHERE id = %s", (run_id,))
+    db.execute(
+        "INSERT INTO chunk_ledger (run_id, chunk_no, fetched, inserted, updated, unchanged, rejected, max_incremental)"
+        " VALUES (%s, 0, 4, 3, 0, 0, 1, '7')",
+        (run_id,),
+    )
+    assert finalize_run(db, run_id) == "partial"
+    first = get_run(db, run_id)
+    assert finalize_run(db, run_id) is None  # second call: nothing changes
+    assert get_run(db, run_id) == first
+    assert (first["fetched"], first["inserted"], first["rejected"]) == (4, 3, 1)
+    assert db.execute("SELECT value FROM checkpoints WHERE source = 'lost'").fetchone()[0] == 7
