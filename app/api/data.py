@@ -1,0 +1,182 @@
+"""GET /data and GET /data/{id}: the unified records, filtered and paginated.
+
+Default order is id ascending. `page` pages by OFFSET; `cursor` pages by keyset
+(`id > last`), which stays fast at any depth. `total` never counts the whole table:
+without text/time filters it sums the maintained per-source counts; with them it counts
+at most EXACT_TOTAL_CAP + 1 rows and above that falls back to the planner's estimate.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Path, Query, Request
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.cursor import MAX_CURSOR_LENGTH, InvalidCursor, decode_cursor, encode_cursor, filters_fingerprint
+from app.api.deps import RequestIdDep, SessionDep
+from app.api.responses import COMMON_ERRORS, error_responses
+from app.api.schemas import DataPage, Record
+from app.errors import ApiError
+
+router = APIRouter(tags=["data"])
+
+EXACT_TOTAL_CAP = 100_000
+MAX_ID = 2**63 - 1
+RECORD_COLUMNS = (
+    "id, source, external_id, title, content, author, url, published_at, data, content_hash, first_seen_at, updated_at"
+)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """Naive timestamps are taken as UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+@dataclass(frozen=True)
+class RecordFilter:
+    """The filters of one /data request, rendered as fixed SQL fragments with bind values."""
+
+    sources: list[str]
+    q: str | None
+    since: datetime | None
+    until: datetime | None
+
+    @property
+    def scans_records(self) -> bool:
+        """True when the total needs the records table (else source_stats answers)."""
+        return bool(self.q or self.since or self.until)
+
+    def where(self, *, after_id: int | None = None) -> tuple[str, dict[str, Any]]:
+        clauses, params = [], {}
+        if self.sources:
+            clauses.append("source = ANY(:sources)")
+            params["sources"] = self.sources
+        if self.q:
+            clauses.append("search @@ websearch_to_tsquery('english', :q)")
+            params["q"] = self.q
+        if self.since:
+            clauses.append("updated_at >= :since")
+            params["since"] = self.since
+        if self.until:
+            clauses.append("updated_at < :until")
+            params["until"] = self.until
+        if after_id is not None:
+            clauses.append("id > :after_id")
+            params["after_id"] = after_id
+        return " AND ".join(clauses) or "TRUE", params
+
+
+async def count_records(session: AsyncSession, *, flt: RecordFilter) -> tuple[int, bool]:
+    """Number of matching records and whether it is an estimate."""
+    if not flt.scans_records:
+        if flt.sources:
+            sql = "SELECT coalesce(sum(records), 0)::bigint FROM source_stats WHERE source = ANY(:sources)"
+            return int((await session.execute(text(sql), {"sources": flt.sources})).scalar_one()), False
+        sql = "SELECT coalesce(sum(records), 0)::bigint FROM source_stats"
+        return int((await session.execute(text(sql))).scalar_one()), False
+    where, params = flt.where()
+    bounded = f"SELECT count(*) FROM (SELECT 1 FROM records WHERE {where} LIMIT :cap) AS bounded"
+    counted = int((await session.execute(text(bounded), {**params, "cap": EXACT_TOTAL_CAP + 1})).scalar_one())
+    if counted <= EXACT_TOTAL_CAP:
+        return counted, False
+    plan = (await session.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM records WHERE {where}"), params)).scalar_one()
+    if isinstance(plan, (str, bytes)):
+        plan = orjson.loads(plan)
+    return max(int(plan[0]["Plan"]["Plan Rows"]), counted), True
+
+
+async def fetch_records(
+    session: AsyncSession, *, flt: RecordFilter, after_id: int | None, offset: int, limit: int
+) -> list[dict[str, Any]]:
+    """Matching records in id order, as API dicts."""
+    where, params = flt.where(after_id=after_id)
+    sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE {where} ORDER BY id LIMIT :limit OFFSET :offset"
+    result = await session.execute(text(sql), {**params, "limit": limit, "offset": offset})
+    return [record_to_api(dict(row)) for row in result.mappings()]
+
+
+async def get_record(session: AsyncSession, *, record_id: int) -> dict[str, Any] | None:
+    """One record by id, or None."""
+    sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE id = :id"
+    row = (await session.execute(text(sql), {"id": record_id})).mappings().first()
+    return record_to_api(dict(row)) if row else None
+
+
+def record_to_api(row: dict[str, Any]) -> dict[str, Any]:
+    """The API shape of a record row (content_hash as hex)."""
+    row["content_hash"] = bytes(row["content_hash"]).hex()
+    return row
+
+
+@router.get(
+    "/data",
+    response_model=DataPage,
+    summary="List records",
+    responses=error_responses(400, 422, *COMMON_ERRORS, 503),
+)
+async def list_data(
+    request: Request,
+    session: SessionDep,
+    request_id: RequestIdDep,
+    page: Annotated[int, Query(ge=1, le=10_000_000, description="Page number (offset paging).")] = 1,
+    page_size: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=MAX_CURSOR_LENGTH, description="`next_cursor` of the previous page; `page` is then ignored."),
+    ] = None,
+    source: Annotated[
+        list[str] | None, Query(max_length=100, description="Only these sources (repeat the parameter).")
+    ] = None,
+    q: Annotated[
+        str | None, Query(min_length=1, max_length=1000, description="Full-text query, web-search syntax.")
+    ] = None,
+    since: Annotated[datetime | None, Query(description="updated_at >= since (ISO 8601).")] = None,
+    until: Annotated[datetime | None, Query(description="updated_at < until (ISO 8601).")] = None,
+) -> dict[str, Any]:
+    """Records in id order, with exact (or flagged estimated) total and a keyset cursor."""
+    flt = RecordFilter(sources=list(dict.fromkeys(source or [])), q=q, since=_utc(since), until=_utc(until))
+    fingerprint = filters_fingerprint(sources=flt.sources, q=flt.q, since=flt.since, until=flt.until)
+    after_id: int | None = None
+    if cursor is not None:
+        try:
+            after_id = decode_cursor(cursor, fingerprint=fingerprint)
+        except InvalidCursor as exc:
+            raise ApiError(400, f"query parameter 'cursor': {exc}", code="invalid_cursor") from None
+    offset = 0 if cursor is not None else (page - 1) * page_size
+    rows = await fetch_records(session, flt=flt, after_id=after_id, offset=offset, limit=page_size + 1)
+    items, more = rows[:page_size], len(rows) > page_size
+    total, estimated = await count_records(session, flt=flt)
+    started = request.scope.get("state", {}).get("started_at", time.perf_counter())
+    return {
+        "items": items,
+        "page": None if cursor is not None else page,
+        "page_size": page_size,
+        "total": total,
+        "total_is_estimate": estimated,
+        "next_cursor": encode_cursor(after_id=items[-1]["id"], fingerprint=fingerprint) if more else None,
+        "meta": {"request_id": request_id, "latency_ms": round((time.perf_counter() - started) * 1000, 3)},
+    }
+
+
+@router.get(
+    "/data/{id}",
+    response_model=Record,
+    summary="One record",
+    responses=error_responses(404, 422, *COMMON_ERRORS, 503),
+)
+async def read_record(
+    session: SessionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Record id.")]
+) -> dict[str, Any]:
+    """A record by id; 404 when there is none."""
+    record = await get_record(session, record_id=id)
+    if record is None:
+        raise ApiError(404, f"record {id} not found")
+    return record

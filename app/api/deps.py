@@ -1,0 +1,69 @@
+"""Shared dependencies, as `Annotated` aliases routes declare by type."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from redis.asyncio import Redis
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.auth import match_api_key
+from app.errors import ApiError
+from app.settings import Settings
+from app.sources_config import SourceConfig
+
+
+def get_app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    async with request.app.state.sessionmaker() as session:
+        yield session
+
+
+def get_redis(request: Request) -> Redis:
+    return request.app.state.redis
+
+
+def get_sources(request: Request) -> dict[str, SourceConfig]:
+    return request.app.state.sources
+
+
+def get_request_id(request: Request) -> str:
+    return str(request.scope.get("state", {}).get("request_id", ""))
+
+
+# Declared as security schemes so the OpenAPI document shows both ways to send a key.
+_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An entry of API_KEYS.")
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`, same keys as X-API-Key.")
+
+
+def require_api_key(
+    settings: Annotated[Settings, Depends(get_app_settings)],
+    header_key: Annotated[str | None, Depends(_api_key_header)],
+    bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> str:
+    """The fingerprint of the caller's valid key; 401 otherwise."""
+    challenge = {"WWW-Authenticate": 'Bearer realm="ingest"'}
+    entries = settings.api_key_entries
+    if not entries:
+        raise ApiError(401, "no API keys are configured (set API_KEYS); write endpoints are disabled", headers=challenge)
+    presented = header_key or (bearer.credentials if bearer else None)
+    if not presented:
+        raise ApiError(401, "an API key is required: send X-API-Key or Authorization: Bearer", headers=challenge)
+    fingerprint = match_api_key(entries, presented)
+    if fingerprint is None:
+        raise ApiError(401, "invalid API key", headers=challenge)
+    return fingerprint
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+SessionDep = Annotated[AsyncSession, Depends(get_session)]
+RedisDep = Annotated[Redis, Depends(get_redis)]
+SourcesDep = Annotated[dict[str, SourceConfig], Depends(get_sources)]
+RequestIdDep = Annotated[str, Depends(get_request_id)]
+ApiKeyDep = Annotated[str, Depends(require_api_key)]

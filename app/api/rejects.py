@@ -1,0 +1,44 @@
+"""GET /rejects: records that failed validation, with their reason and raw payload."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.api.deps import SessionDep
+from app.api.responses import COMMON_ERRORS, error_responses
+from app.api.schemas import RejectList
+
+router = APIRouter(tags=["quality"])
+
+COLUMNS = "id, run_id, source, chunk_no, line_no, external_id, reason, field, message, raw, created_at"
+
+
+async def list_rejects(
+    session: AsyncSession, *, source: str | None, run_id: int | None, limit: int
+) -> list[dict[str, Any]]:
+    """Rejected records, newest first."""
+    clauses, params = [], {"limit": limit}
+    if source is not None:
+        clauses.append("source = :source")
+        params["source"] = source
+    if run_id is not None:
+        clauses.append("run_id = :run_id")
+        params["run_id"] = run_id
+    where = " AND ".join(clauses) or "TRUE"
+    sql = f"SELECT {COLUMNS} FROM rejected_records WHERE {where} ORDER BY id DESC LIMIT :limit"
+    return [dict(row) for row in (await session.execute(text(sql), params)).mappings()]
+
+
+@router.get("/rejects", response_model=RejectList, summary="Rejected records", responses=error_responses(422, *COMMON_ERRORS, 503))
+async def rejects(
+    session: SessionDep,
+    source: Annotated[str | None, Query(max_length=200, description="Only this source.")] = None,
+    run_id: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Only this run.")] = None,
+    limit: Annotated[int, Query(ge=1, le=500, description="At most this many.")] = 50,
+) -> dict[str, Any]:
+    """Rejected records with reason, field, message, raw payload and run, newest first."""
+    return {"items": await list_rejects(session, source=source, run_id=run_id, limit=limit)}

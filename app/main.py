@@ -1,0 +1,101 @@
+"""The HTTP API: `uvicorn app.main:app`. create_app() builds it; the lifespan opens one
+database pool and one Redis client per process and closes them on shutdown."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import anyio
+from fastapi import FastAPI
+from redis.asyncio import Redis
+from starlette.middleware.cors import CORSMiddleware
+
+from app.api import data, drift, health, metrics, rejects, runs, sources, stats
+from app.api.responses import OrjsonResponse
+from app.db.session import create_engine, create_sessionmaker
+from app.errors import install_exception_handlers
+from app.logs import configure_logging
+from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.queue_depth import is_redis_url
+from app.ratelimit import RateLimitMiddleware
+from app.settings import Settings, get_settings
+from app.sources_config import load_sources
+
+REDIS_TIMEOUT_S = 2.0
+
+DESCRIPTION = """
+Read the unified records ingested from every configured source, start runs, and watch
+the pipeline. Errors always have the shape `{"error": {"code", "message", "request_id"}}`;
+every response carries `X-Request-ID`. Write endpoints need an API key
+(`X-API-Key` or `Authorization: Bearer`). Requests are rate limited per key (or client IP);
+limited responses carry `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset`.
+"""
+
+
+def _redis(url: str) -> Redis:
+    return Redis.from_url(url, socket_timeout=REDIS_TIMEOUT_S, socket_connect_timeout=REDIS_TIMEOUT_S)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    # A bad sources file stops the API at start-up with the loader's one-line message.
+    app.state.sources = await anyio.to_thread.run_sync(load_sources, settings.sources_file)
+    engine = create_engine(settings)
+    redis = _redis(settings.redis_url)
+    broker_url = settings.celery_broker_url or settings.redis_url
+    if broker_url == settings.redis_url:
+        broker_redis: Redis | None = redis
+    else:
+        broker_redis = _redis(broker_url) if is_redis_url(broker_url) else None
+    app.state.engine, app.state.sessionmaker = engine, create_sessionmaker(engine)
+    app.state.redis, app.state.broker_redis = redis, broker_redis
+    try:
+        yield
+    finally:
+        if broker_redis is not None and broker_redis is not redis:
+            await broker_redis.aclose()
+        await redis.aclose()
+        await engine.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the application; tests pass their own Settings."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="Ingest API",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        default_response_class=OrjsonResponse,
+    )
+    app.state.settings = settings
+    install_exception_handlers(app)
+    for module in (health, data, runs, sources, stats, rejects, drift, metrics):
+        app.include_router(module.router)
+    # Added innermost first: the request context wraps everything, so every response
+    # (429 and 413 included) carries the request id and the security headers.
+    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(RateLimitMiddleware, settings=settings)
+    origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
+    if origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Idempotency-Key", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID", "Retry-After", "RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset"],
+            max_age=600,
+        )
+    app.add_middleware(RequestContextMiddleware)
+    return app
+
+
+def _module_app() -> FastAPI:
+    settings = get_settings()
+    configure_logging(settings)
+    return create_app(settings)
+
+
+app = _module_app()
