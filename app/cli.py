@@ -14,7 +14,7 @@ from rich.live import Live
 from rich.table import Table
 
 from app.enqueue import enqueue_fetch
-from app.runs import RUN_COLUMNS, ActiveRunExists, create_run
+from app.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run
 from app.settings import Settings, get_settings
 from app.sources_config import SourceConfig, SourceConfigError, load_sources
 
@@ -94,6 +94,9 @@ def run(
                 err.print(f"[yellow]{exc}[/yellow]")
                 run_ids.append(int(exc.run["id"]))
                 continue
+            except SourcePaused as exc:
+                err.print(f"[red]{exc}[/red]")
+                raise typer.Exit(1) from None
             enqueue_fetch(created["id"])
             run_ids.append(int(created["id"]))
             console.print(f"run {created['id']} queued for [bold]{name}[/bold]")
@@ -210,6 +213,23 @@ def list_sources() -> None:
             f"{run_info[0]} {run_info[1]}" if run_info else "never",
         )
     console.print(table)
+
+
+@cli.command()
+def resume(source: Annotated[str, typer.Argument(help="The paused source.")]) -> None:
+    """Re-enable a source that schema drift paused (on_drift = "pause")."""
+    settings = _settings()
+    with _connect(settings) as conn:
+        row = conn.execute(
+            "UPDATE sources SET paused_reason = NULL, updated_at = now() WHERE name = %s"
+            " AND paused_reason IS NOT NULL RETURNING name",
+            (source,),
+        ).fetchone()
+        conn.commit()
+    if row is None:
+        err.print(f"source '{source}' is not paused")
+        raise typer.Exit(1)
+    console.print(f"source [bold]{source}[/bold] resumed")
 
 
 @cli.command()

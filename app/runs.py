@@ -20,9 +20,12 @@ from app.sources_config import SourceConfig
 
 INSERT_RUN_SQL = """
 INSERT INTO runs (source, trigger, config, idempotency_key)
-VALUES (%(source)s, %(trigger)s, %(config)s::jsonb, %(idempotency_key)s)
+SELECT %(source)s, %(trigger)s, %(config)s::jsonb, %(idempotency_key)s
+WHERE NOT EXISTS (SELECT 1 FROM sources WHERE name = %(source)s AND paused_reason IS NOT NULL)
 RETURNING *
 """
+
+PAUSED_REASON_SQL = "SELECT paused_reason FROM sources WHERE name = %(source)s"
 
 ACTIVE_RUN_SQL = "SELECT * FROM runs WHERE source = %(source)s AND status IN ('queued', 'running')"
 
@@ -30,6 +33,15 @@ RUN_COLUMNS = (
     "id, source, trigger, status, created_at, started_at, finished_at, "
     "fetched, inserted, updated, unchanged, rejected, error"
 )
+
+
+class SourcePaused(Exception):
+    """The source was paused (on_drift = "pause") and waits for `python -m app.cli resume`."""
+
+    def __init__(self, source: str, reason: str | None):
+        super().__init__(f"source '{source}' is paused: {reason}; resume it with `python -m app.cli resume {source}`")
+        self.source = source
+        self.reason = reason
 
 
 class ActiveRunExists(Exception):
@@ -57,6 +69,11 @@ def create_run(
         try:
             cur.execute(INSERT_RUN_SQL, run_params(source, trigger, idempotency_key))
             run = cur.fetchone()
+            if run is None:
+                cur.execute(PAUSED_REASON_SQL, {"source": source.name})
+                paused = cur.fetchone()
+                conn.rollback()
+                raise SourcePaused(source.name, paused["paused_reason"] if paused else None)
             conn.commit()
         except psycopg.errors.UniqueViolation:
             conn.rollback()
@@ -100,6 +117,7 @@ def _named_params(sql: str) -> str:
 
 INSERT_RUN_SQL_NAMED = _named_params(INSERT_RUN_SQL)
 ACTIVE_RUN_SQL_NAMED = _named_params(ACTIVE_RUN_SQL)
+PAUSED_REASON_SQL_NAMED = _named_params(PAUSED_REASON_SQL)
 ACTIVE_RUN_CONSTRAINT = "runs_one_active_per_source"
 
 
@@ -117,7 +135,11 @@ async def create_run_async(
     try:
         async with session.begin_nested():
             result = await session.execute(text(INSERT_RUN_SQL_NAMED), run_params(source, trigger, idempotency_key))
-            return dict(result.mappings().one())
+            created = result.mappings().first()
+            if created is not None:
+                return dict(created)
+        reason = (await session.execute(text(PAUSED_REASON_SQL_NAMED), {"source": source.name})).scalar()
+        raise SourcePaused(source.name, reason)
     except IntegrityError as exc:
         if not _is_active_run_violation(exc):
             raise

@@ -7,7 +7,7 @@ import structlog
 from celery import Task
 
 from app.enqueue import enqueue_fetch
-from app.runs import ActiveRunExists, create_run
+from app.runs import ActiveRunExists, SourcePaused, create_run
 from app.settings import get_settings
 from app.sources_config import load_sources
 from workers import app, db
@@ -84,7 +84,7 @@ def start_scheduled_run(self: Task, source_name: str) -> int | None:
         return None
     try:
         run = create_run(db.connection(), source, "schedule")
-    except ActiveRunExists as exc:
+    except (ActiveRunExists, SourcePaused) as exc:
         log.info("scheduled_run_skipped", reason=str(exc))
         return None
     enqueue_fetch(run["id"])

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import psycopg
 
 from app.sources_config import SourceConfig
+from workers.pipeline.drift import load_known
 from workers.pipeline.finalize import fail_run, finalize_run
 from workers.pipeline.normalize import Normalizer
 from workers.pipeline.raw import load_chunk
@@ -52,7 +53,10 @@ def normalize_and_upsert(conn: psycopg.Connection, run_id: int, chunk_no: int) -
     if row is None or items is None:
         return ChunkOutcome(counts=None, run_status=None)
     source_name, config = row
-    normalized = Normalizer(SourceConfig(**config)).normalize_chunk(items)
+    source = SourceConfig(**config)
+    known = load_known(conn, source_name) if source.on_drift == "reject" else None
+    conn.commit()
+    normalized = Normalizer(source, known).normalize_chunk(items)
     counts = write_chunk(
         conn, run_id=run_id, chunk_no=chunk_no, source=source_name, fetched=len(items), chunk=normalized
     )

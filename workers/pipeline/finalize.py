@@ -14,6 +14,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from workers.pipeline.drift import merge_observed, pause_source, record_drift
 from workers.pipeline.incremental import greatest
 
 _LEDGER_TOTALS = """
@@ -67,9 +68,25 @@ def finalize_run(conn: psycopg.Connection, run_id: int) -> str | None:
         if totals["chunks"] < run["chunks_total"]:
             return None
         status = "partial" if totals["rejected"] else "succeeded"
-        conn.execute(_SET_COUNTS, {**totals, "status": status, "error": None, "run_id": run_id})
+        note = _apply_drift(conn, run)
+        conn.execute(_SET_COUNTS, {**totals, "status": status, "error": note, "run_id": run_id})
         _advance_checkpoint(conn, run)
     return status
+
+
+def _apply_drift(conn: psycopg.Connection, run: dict[str, Any]) -> str | None:
+    """Record schema drift of this run; with on_drift = "pause", pause the source and say why."""
+    observed = merge_observed(
+        row[0] for row in conn.execute("SELECT observed_fields FROM chunk_ledger WHERE run_id = %s", (run["id"],))
+    )
+    policy = run["config"].get("on_drift", "record")
+    events = record_drift(conn, source=run["source"], run_id=run["id"], observed=observed, adopt=policy != "reject")
+    if not events or policy != "pause":
+        return None
+    reason = "schema drift: " + ", ".join(event.describe() for event in events)
+    pause_source(conn, source=run["source"], kind=run["config"]["kind"], schedule=run["config"]["schedule"],
+                 reason=reason)
+    return f"source paused after {reason}; resume it with `python -m app.cli resume {run['source']}`"
 
 
 def _advance_checkpoint(conn: psycopg.Connection, run: dict[str, Any]) -> None:

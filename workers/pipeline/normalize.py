@@ -16,6 +16,7 @@ import orjson
 
 from app.sources_config import UNIFIED_FIELDS, SourceConfig
 from workers.pipeline.coerce import COERCERS, CoercionError, is_empty, to_datetime
+from workers.pipeline.drift import Signature, misfit, observed_fields, signature
 from workers.pipeline.incremental import greatest
 from workers.sources.base import RawItem, dotted_get
 
@@ -23,6 +24,7 @@ from workers.sources.base import RawItem, dotted_get
 MISSING_ID = "missing_id"
 COERCION_FAILED = "coercion_failed"
 PARSE_ERROR = "parse_error"
+SCHEMA_DRIFT = "schema_drift"
 
 RSS_DEFAULT_FIELDS = {
     "title": "title",
@@ -62,6 +64,7 @@ class NormalizedChunk:
     rejections: list[Rejection] = field(default_factory=list)
     superseded: int = 0
     max_incremental: Any = None
+    observed: dict[str, str] = field(default_factory=dict)
 
 
 class _Rejected(Exception):
@@ -73,8 +76,10 @@ class _Rejected(Exception):
 class Normalizer:
     """Everything derived from a source's config once, then applied to every record."""
 
-    def __init__(self, source: SourceConfig):
+    def __init__(self, source: SourceConfig, known_schema: dict[str, str] | None = None):
         self.source = source
+        # on_drift = "reject": records whose shape the known schema does not allow are rejected.
+        self.reject_against = known_schema if source.on_drift == "reject" and known_schema else None
         self.id_field = source.id_field or "id"
         defaults = RSS_DEFAULT_FIELDS if source.kind == "rss" else IDENTITY_FIELDS
         self.mapping = {**defaults, **source.fields}
@@ -85,9 +90,15 @@ class Normalizer:
         chunk = NormalizedChunk()
         by_id: dict[str, NormalizedRecord] = {}
         incremental_field = self.source.incremental_field
+        shapes: dict[Signature, str | None] = {}  # distinct record shapes -> misfit field
         for item in items:
             try:
                 record = self.normalize_item(item)
+                shape = signature(record.data)
+                if shape not in shapes:
+                    shapes[shape] = misfit(shape, self.reject_against) if self.reject_against else None
+                if shapes[shape] is not None:
+                    raise _Rejected(SCHEMA_DRIFT, "field not in the source's known schema", shapes[shape])
             except _Rejected as rejected:
                 rejection = rejected.rejection
                 rejection.line_no = item.line
@@ -103,6 +114,7 @@ class Normalizer:
             if incremental_field:
                 chunk.max_incremental = greatest(chunk.max_incremental, dotted_get(record.data, incremental_field))
         chunk.records = [by_id[key] for key in sorted(by_id)]
+        chunk.observed = observed_fields(shapes)
         return chunk
 
     def normalize_item(self, item: RawItem) -> NormalizedRecord:

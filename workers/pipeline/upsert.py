@@ -164,9 +164,10 @@ def write_chunk(
         )
         conn.execute(
             "UPDATE chunk_ledger SET fetched = %s, inserted = %s, updated = %s, unchanged = %s, rejected = %s,"
-            " max_incremental = %s::jsonb, committed_at = now() WHERE run_id = %s AND chunk_no = %s",
+            " max_incremental = %s::jsonb, observed_fields = %s::jsonb, committed_at = now()"
+            " WHERE run_id = %s AND chunk_no = %s",
             (counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.rejected,
-             _json_text(chunk.max_incremental), run_id, chunk_no),
+             _json_text(chunk.max_incremental), _json_text(chunk.observed), run_id, chunk_no),
         )
         if inserted or rejected:
             conn.execute(
