@@ -8,12 +8,17 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
+import structlog
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.auth import match_api_key
 from app.errors import ApiError
 from app.settings import Settings
 from app.sources_config import SourceConfig
+
+log = structlog.get_logger("app.api.deps")
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -22,6 +27,11 @@ def get_app_settings(request: Request) -> Settings:
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
     async with request.app.state.sessionmaker() as session:
+        try:
+            await session.connection()  # check out now, so "database down" is named as such
+        except (OSError, DBAPIError, PoolTimeout) as exc:
+            log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
+            raise ApiError(503, "the database is unavailable; retry later") from None
         yield session
 
 

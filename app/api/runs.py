@@ -151,7 +151,9 @@ async def start_runs(
                     "this Idempotency-Key was already used with a different request body; use a new key",
                     code="idempotency_key_reused",
                 )
-            return OrjsonResponse(stored.response, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
+            # jsonb reorders keys: re-render through the model so the replay matches the original.
+            replay = RunList.model_validate(stored.response).model_dump(mode="json")
+            return OrjsonResponse(replay, status_code=stored.status_code, headers={"Idempotent-Replayed": "true"})
     busy = await active_runs(session, sources=[source.name for source in selected])
     if busy:
         await session.rollback()
