@@ -1,0 +1,120 @@
+"""GET /stats, /sources, /rejects and /drift."""
+
+from __future__ import annotations
+
+import anyio
+import orjson
+import pytest
+
+from app.enqueue import FETCH_TASK, producer
+from tests.api.conftest import assert_error, insert_records, insert_run
+
+
+def send_without_consumer(task: str, args: list[int], **options: object) -> None:
+    producer().send_task(task, args=args, **options)
+
+
+async def no_worker_listening() -> bool:
+    replies = await anyio.to_thread.run_sync(lambda: producer().control.ping(timeout=0.3))
+    return not replies
+
+
+async def test_stats_shape_and_counts(client, db):
+    insert_records(db, [{"source": "posts", "external_id": str(i)} for i in range(3)])
+    insert_records(db, [{"source": "news", "external_id": "n"}])
+    db.execute("UPDATE source_stats SET rejected = 2 WHERE source = 'posts'")
+    older = insert_run(db, "posts", "succeeded")
+    newest = insert_run(db, "posts", "partial")
+    insert_run(db, "news", "failed", error="boom")
+    insert_run(db, "news", "queued")
+    db.execute("INSERT INTO drift_events (source, run_id, kind, field, new_type) VALUES ('posts', %s, 'added', 'x', 'int')", (older,))
+
+    response = await client.get("/stats")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"records", "runs", "queues", "rejected", "drift_events"}
+    assert body["records"] == {"total": 4, "by_source": {"news": 1, "posts": 3}}
+    assert set(body["runs"]) == {"total", "by_status", "last_by_source"}
+    assert body["runs"]["total"] == 4
+    assert body["runs"]["by_status"] == {"queued": 1, "running": 0, "succeeded": 1, "partial": 1, "failed": 1}
+    assert body["runs"]["last_by_source"]["posts"]["id"] == newest
+    assert body["runs"]["last_by_source"]["news"]["status"] == "queued"
+    assert set(body["queues"]) == {"fetch", "normalize", "maintenance"}
+    assert body["rejected"] == 2 and body["drift_events"] == 1
+
+
+async def test_queue_depth_counts_messages_waiting_in_redis(client, db):
+    if not await no_worker_listening():
+        pytest.skip("a worker consumes the test broker in this session")
+    assert (await client.get("/stats")).json()["queues"] == {"fetch": 0, "normalize": 0, "maintenance": 0}
+    await anyio.to_thread.run_sync(send_without_consumer, FETCH_TASK, [101])
+    await anyio.to_thread.run_sync(send_without_consumer, FETCH_TASK, [102])
+    # A prioritised message lands in one of kombu's priority sub-lists; it waits all the same.
+    await anyio.to_thread.run_sync(lambda: send_without_consumer(FETCH_TASK, [103], priority=5))
+    await anyio.to_thread.run_sync(lambda: send_without_consumer("workers.tasks.reconcile", []))
+    queues = (await client.get("/stats")).json()["queues"]
+    assert queues == {"fetch": 3, "normalize": 0, "maintenance": 1}
+
+
+async def test_queue_depth_is_null_when_the_broker_cannot_say(make_client, db):
+    client = await make_client(celery_broker_url="redis://127.0.0.1:1/0")
+    body = (await client.get("/stats")).json()
+    assert body["queues"] == {"fetch": None, "normalize": None, "maintenance": None}
+
+
+async def test_sources_lists_every_configured_source_with_state(client, db):
+    run_id = insert_run(db, "posts", "succeeded")
+    db.execute(
+        "INSERT INTO checkpoints (source, value, run_id) VALUES ('posts', %s::jsonb, %s)",
+        (orjson.dumps(100).decode(), run_id),
+    )
+    response = await client.get("/sources")
+    assert response.status_code == 200
+    sources = {source["name"]: source for source in response.json()["sources"]}
+    assert list(sources) == ["posts", "passengers", "news", "orders"]
+    posts = sources["posts"]
+    assert set(posts) == {"name", "kind", "schedule", "enabled", "paused_reason", "checkpoint", "last_run"}
+    assert posts["kind"] == "http_json" and posts["schedule"] == "every 15m" and posts["enabled"] is True
+    assert posts["checkpoint"] == 100 and posts["last_run"]["id"] == run_id
+    assert sources["news"]["checkpoint"] is None and sources["news"]["last_run"] is None
+    assert sources["orders"]["kind"] == "webhook"
+    assert "headers" not in response.text and "url" not in response.text
+
+
+async def test_rejects_filtered_by_source_and_run(client, db):
+    run_a = insert_run(db, "passengers", "partial")
+    run_b = insert_run(db, "posts", "partial")
+    for run_id, source, line in ((run_a, "passengers", 4), (run_a, "passengers", 9), (run_b, "posts", None)):
+        db.execute(
+            """INSERT INTO rejected_records (run_id, source, chunk_no, line_no, reason, field, message, raw)
+               VALUES (%s, %s, 0, %s, 'coercion_failed', 'Age', 'not a float: ''abc''', %s::jsonb)""",
+            (run_id, source, line, orjson.dumps({"Age": "abc", "line": line}).decode()),
+        )
+    items = (await client.get("/rejects")).json()["items"]
+    assert len(items) == 3 and items[0]["source"] == "posts"  # newest first
+    item = items[-1]
+    assert set(item) == {
+        "id", "run_id", "source", "chunk_no", "line_no", "external_id", "reason", "field", "message", "raw", "created_at",
+    }
+    assert item["raw"] == {"Age": "abc", "line": 4} and item["reason"] == "coercion_failed" and item["field"] == "Age"
+    assert len((await client.get("/rejects", params={"source": "passengers"})).json()["items"]) == 2
+    assert len((await client.get("/rejects", params={"run_id": run_b})).json()["items"]) == 1
+    assert len((await client.get("/rejects", params={"limit": 1})).json()["items"]) == 1
+    assert "query parameter 'run_id'" in assert_error(await client.get("/rejects?run_id=x"), 422)["message"]
+
+
+async def test_drift_events(client, db):
+    run_id = insert_run(db, "posts", "succeeded")
+    db.execute(
+        """INSERT INTO drift_events (source, run_id, kind, field, old_type, new_type) VALUES
+           ('posts', %s, 'added', 'tags', NULL, 'list'), ('posts', %s, 'type_changed', 'id', 'int', 'str'),
+           ('news', NULL, 'removed', 'author', 'str', NULL)""",
+        (run_id, run_id),
+    )
+    items = (await client.get("/drift")).json()["items"]
+    assert [item["kind"] for item in items] == ["removed", "type_changed", "added"]
+    posts = (await client.get("/drift", params={"source": "posts"})).json()["items"]
+    assert {(i["field"], i["old_type"], i["new_type"], i["run_id"]) for i in posts} == {
+        ("tags", None, "list", run_id),
+        ("id", "int", "str", run_id),
+    }
