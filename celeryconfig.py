@@ -51,7 +51,7 @@ task_default_queue = MAINTENANCE_QUEUE
 task_routes = {
     "workers.tasks.fetch_source": {"queue": FETCH_QUEUE},
     "workers.tasks.normalize_and_upsert": {"queue": NORMALIZE_QUEUE},
-    "workers.tasks.finalize_run": {"queue": NORMALIZE_QUEUE},
+    "workers.tasks.close_push_run": {"queue": NORMALIZE_QUEUE},
     "workers.tasks.start_scheduled_run": {"queue": MAINTENANCE_QUEUE},
     "workers.tasks.reconcile": {"queue": MAINTENANCE_QUEUE},
 }

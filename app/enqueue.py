@@ -8,6 +8,7 @@ from functools import lru_cache
 from celery import Celery
 
 FETCH_TASK = "workers.tasks.fetch_source"
+CLOSE_PUSH_TASK = "workers.tasks.close_push_run"
 
 
 @lru_cache(maxsize=1)
@@ -21,3 +22,8 @@ def producer() -> Celery:
 def enqueue_fetch(run_id: int) -> None:
     """Ask a worker to fetch the source of this run. Blocking: call from a thread in async code."""
     producer().send_task(FETCH_TASK, args=[run_id])
+
+
+def enqueue_close_push(run_id: int, after_s: float) -> None:
+    """Close a webhook batching window after `after_s` seconds (far below the visibility timeout)."""
+    producer().send_task(CLOSE_PUSH_TASK, args=[run_id], countdown=after_s)

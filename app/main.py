@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from starlette.middleware.cors import CORSMiddleware
 
-from app.api import data, drift, health, metrics, rejects, runs, sources, stats
+from app.api import data, drift, health, metrics, rejects, runs, sources, stats, webhooks
 from app.api.responses import OrjsonResponse
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import install_exception_handlers
@@ -72,11 +72,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_exception_handlers(app)
-    for module in (health, data, runs, sources, stats, rejects, drift, metrics):
+    for module in (health, data, runs, sources, stats, rejects, drift, webhooks, metrics):
         app.include_router(module.router)
     # Added innermost first: the request context wraps everything, so every response
     # (429 and 413 included) carries the request id and the security headers.
-    app.add_middleware(BodyLimitMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, larger_limits={"/webhooks/": settings.webhook_max_body_bytes}
+    )
     app.add_middleware(RateLimitMiddleware, settings=settings)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:

@@ -101,12 +101,20 @@ class BodyLimitMiddleware:
     chunked or lying upload is cut off without the route ever seeing it.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES):
+    def __init__(self, app: ASGIApp, max_bytes: int = MAX_BODY_BYTES, larger_limits: dict[str, int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        # Path prefix -> limit, for routes whose bodies are legitimately bigger (webhook batches).
+        self.larger_limits = larger_limits or {}
+
+    def _limit(self, scope: Scope) -> int:
+        for prefix, limit in self.larger_limits.items():
+            if scope["path"].startswith(prefix):
+                return limit
+        return self.max_bytes
 
     def _too_large(self, scope: Scope):  # type: ignore[no-untyped-def]
-        return error_response(scope, 413, f"request body exceeds {self.max_bytes} bytes")
+        return error_response(scope, 413, f"request body exceeds {self._limit(scope)} bytes")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS"):
@@ -117,7 +125,7 @@ class BodyLimitMiddleware:
             if not declared.isdigit():
                 await error_response(scope, 400, "invalid Content-Length header")(scope, receive, send)
                 return
-            if int(declared) > self.max_bytes:
+            if int(declared) > self._limit(scope):
                 await self._too_large(scope)(scope, receive, send)
                 return
         chunks: list[bytes] = []
@@ -128,7 +136,7 @@ class BodyLimitMiddleware:
                 return
             body = message.get("body", b"")
             size += len(body)
-            if size > self.max_bytes:
+            if size > self._limit(scope):
                 await self._too_large(scope)(scope, receive, send)
                 return
             chunks.append(body)

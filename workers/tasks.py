@@ -14,6 +14,7 @@ from workers import app, db
 from workers.pipeline import chunk as chunk_stage
 from workers.pipeline.fetch import fetch_run
 from workers.pipeline.finalize import fail_run
+from workers.pipeline.push import close_push_run as close_push_window
 from workers.pipeline.reconcile import reconcile as reconcile_pass
 
 log = structlog.get_logger(__name__)
@@ -74,6 +75,17 @@ def normalize_and_upsert(self: Task, run_id: int, chunk_no: int) -> dict[str, ob
     return {"counts": outcome.counts.__dict__, "run_status": outcome.run_status}
 
 
+@app.task(bind=True, name="workers.tasks.close_push_run", max_retries=None)
+def close_push_run(self: Task, run_id: int) -> int | None:
+    """Close a webhook batching window: re-cut its deliveries into chunks and fan them out."""
+    _bind(self, run_id=run_id)
+    try:
+        return close_push_window(db.connection(), run_id, enqueue_chunk=enqueue_chunk)
+    except psycopg.OperationalError as exc:
+        db.reset()
+        raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries)) from None
+
+
 @app.task(bind=True, name="workers.tasks.start_scheduled_run")
 def start_scheduled_run(self: Task, source_name: str) -> int | None:
     """Beat's entry point: create a run for the source unless one is already active."""
@@ -101,5 +113,6 @@ def reconcile(self: Task) -> dict[str, object]:
         max_attempts=settings.max_task_attempts,
         enqueue_fetch=lambda run_id: fetch_source.apply_async((run_id,)),
         enqueue_chunk=enqueue_chunk,
+        enqueue_close_push=lambda run_id: close_push_run.apply_async((run_id,)),
     )
     return report.__dict__

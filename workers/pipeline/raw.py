@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import psycopg
 
+from app.raw_format import decode_rows, encode_rows
 from workers.sources.base import RawItem
 
-# Compact positional form: [line, record, error, raw_text]; orjson keeps it cheap.
+# The stored form ([line, record, error, raw_text] rows) is defined in app/raw_format.py,
+# because webhook intake in the API writes raw chunks too.
 
 
 def encode_item(item: RawItem) -> list[Any]:
@@ -19,7 +20,7 @@ def encode_item(item: RawItem) -> list[Any]:
 
 
 def decode_items(payload: bytes) -> list[RawItem]:
-    return [RawItem(record=rec, line=line, error=err, raw_text=text) for line, rec, err, text in orjson.loads(payload)]
+    return [RawItem(record=rec, line=line, error=err, raw_text=text) for line, rec, err, text in decode_rows(payload)]
 
 
 def store_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: list[list[Any]]) -> bool:
@@ -32,7 +33,7 @@ def store_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: 
         conn.execute(
             "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload) VALUES (%s, %s, %s, %s)"
             " ON CONFLICT (run_id, chunk_no) DO NOTHING",
-            (run_id, chunk_no, len(items), orjson.dumps(items, option=orjson.OPT_NON_STR_KEYS)),
+            (run_id, chunk_no, len(items), encode_rows(items)),
         )
         done = conn.execute(
             "SELECT 1 FROM chunk_ledger WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)

@@ -19,7 +19,7 @@ log = structlog.get_logger(__name__)
 
 _STALLED_FETCHES = """
 SELECT id FROM runs
-WHERE chunks_total IS NULL AND status IN ('queued', 'running')
+WHERE chunks_total IS NULL AND status IN ('queued', 'running') AND trigger <> 'webhook'
   AND coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(timeout)s)
 ORDER BY id
 """
@@ -27,11 +27,18 @@ ORDER BY id
 _STALLED_CHUNKS = """
 SELECT c.run_id, c.chunk_no, c.attempts, c.last_error
 FROM raw_chunks c
-JOIN runs r ON r.id = c.run_id AND r.status = 'running'
+JOIN runs r ON r.id = c.run_id AND r.status = 'running' AND r.chunks_total IS NOT NULL
 WHERE c.enqueued_at < now() - make_interval(secs => %(timeout)s)
   AND NOT EXISTS (SELECT 1 FROM chunk_ledger l WHERE l.run_id = c.run_id AND l.chunk_no = c.chunk_no)
 ORDER BY c.run_id, c.chunk_no
 LIMIT 1000
+"""
+
+# A push window whose close message was lost: the window length is far below the timeout.
+_EXPIRED_PUSH_WINDOWS = """
+SELECT id FROM runs
+WHERE trigger = 'webhook' AND status = 'running' AND chunks_total IS NULL
+  AND started_at < now() - make_interval(secs => %(timeout)s)
 """
 
 _COMPLETE_UNFINALIZED = """
@@ -45,6 +52,7 @@ WHERE r.status = 'running' AND r.chunks_total IS NOT NULL
 class ReconcileReport:
     fetches_redriven: list[int] = field(default_factory=list)
     chunks_redriven: list[tuple[int, int]] = field(default_factory=list)
+    push_windows_closed: list[int] = field(default_factory=list)
     runs_finalized: list[int] = field(default_factory=list)
     runs_failed: list[int] = field(default_factory=list)
 
@@ -56,6 +64,7 @@ def reconcile(
     max_attempts: int,
     enqueue_fetch: Callable[[int], None],
     enqueue_chunk: Callable[[int, int], None],
+    enqueue_close_push: Callable[[int], None] | None = None,
 ) -> ReconcileReport:
     """One pass over stalled runs and chunks."""
     report = ReconcileReport()
@@ -66,6 +75,11 @@ def reconcile(
         enqueue_fetch(run_id)
         report.fetches_redriven.append(run_id)
     conn.commit()
+    if enqueue_close_push is not None:
+        for (run_id,) in conn.execute(_EXPIRED_PUSH_WINDOWS, params).fetchall():
+            enqueue_close_push(run_id)
+            report.push_windows_closed.append(run_id)
+        conn.commit()
     for run_id, chunk_no, attempts, last_error in conn.execute(_STALLED_CHUNKS, params).fetchall():
         if attempts >= max_attempts:
             if fail_run(conn, run_id, f"chunk {chunk_no} failed after {attempts} attempts: {last_error or 'worker lost'}"):
@@ -83,6 +97,6 @@ def reconcile(
         if finalize_run(conn, run_id):
             report.runs_finalized.append(run_id)
     conn.commit()
-    if report.fetches_redriven or report.chunks_redriven or report.runs_finalized or report.runs_failed:
+    if any(report.__dict__.values()):
         log.warning("reconciled", **report.__dict__)
     return report

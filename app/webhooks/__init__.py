@@ -1,0 +1,1 @@
+"""Push ingestion: Standard Webhooks verification and durable intake of deliveries."""

@@ -1,0 +1,51 @@
+"""Push runs: close a webhook batching window and hand its records to the normal path.
+
+The API stores each delivery as a raw chunk of an open run (committed before it answers
+202, so nothing accepted is lost) without enqueueing anything. When the window closes,
+this stage re-cuts the window's deliveries into chunks of `chunk_size` (a burst of small
+deliveries becomes a few tasks, not one per record), sets chunks_total, and fans out
+exactly like a fetch. From there, pushed records take the pulled records' path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+
+from app.raw_format import decode_rows, encode_rows
+from workers.pipeline.finalize import finalize_run
+
+
+def close_push_run(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Callable[[int, int], None]) -> int | None:
+    """Close the window of a push run; return the number of chunks, or None if already closed."""
+    with conn.transaction():
+        row = conn.execute(
+            "SELECT config FROM runs WHERE id = %s AND trigger = 'webhook' AND status = 'running'"
+            " AND chunks_total IS NULL FOR UPDATE",
+            (run_id,),
+        ).fetchone()
+        if row is None:
+            return None
+        chunk_size = int(row[0].get("chunk_size", 1000))
+        rows = []
+        for (payload,) in conn.execute(
+            "SELECT payload FROM raw_chunks WHERE run_id = %s ORDER BY chunk_no", (run_id,)
+        ):
+            rows.extend(decode_rows(payload))
+        conn.execute("DELETE FROM raw_chunks WHERE run_id = %s", (run_id,))
+        chunks = [rows[i:i + chunk_size] for i in range(0, len(rows), chunk_size)]
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload) VALUES (%s, %s, %s, %s)",
+                [(run_id, n, len(chunk), encode_rows(chunk)) for n, chunk in enumerate(chunks)],
+            )
+        conn.execute(
+            "UPDATE runs SET chunks_total = %s, heartbeat_at = now(), fetch_state = '{}'::jsonb WHERE id = %s",
+            (len(chunks), run_id),
+        )
+    for chunk_no in range(len(chunks)):
+        enqueue_chunk(run_id, chunk_no)
+    if not chunks:
+        finalize_run(conn, run_id)
+    return len(chunks)
