@@ -16,7 +16,7 @@ from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
 from app.api.schemas import Run, RunList, RunsRequest, RunStatus
 from app.enqueue import enqueue_fetch
 from app.errors import ApiError
-from app.runs import RUN_COLUMNS, ActiveRunExists, create_run_async, run_to_api
+from app.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run_async, run_to_api
 from app.sources_config import SourceConfig
 
 log = structlog.get_logger("app.api.runs")
@@ -166,6 +166,9 @@ async def start_runs(
     except ActiveRunExists as exc:  # lost a race with another trigger
         await session.rollback()
         raise ApiError(409, _conflict_message([exc.run]), code="active_run") from None
+    except SourcePaused as exc:  # schema drift paused it (on_drift = "pause")
+        await session.rollback()
+        raise ApiError(409, str(exc), code="source_paused") from None
     payload = RunList(runs=[Run.model_validate(run_to_api(run)) for run in created]).model_dump(mode="json")
     if scoped_key:
         await store_response(session, key=scoped_key, status_code=202, response=payload)
