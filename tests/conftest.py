@@ -11,7 +11,8 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import psycopg
@@ -116,10 +117,42 @@ class WorkerProcess:
                 self.proc.kill()
                 self.proc.wait()
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def restart(self) -> "WorkerProcess":
+        self.stop()
+        return self.start()
+
+
+_session_workers: list[WorkerProcess] = []  # the `worker` fixture's process, once started
+
 
 @pytest.fixture(scope="session")
 def worker(database: str) -> Iterator[WorkerProcess]:
     """One real worker for the whole session, consuming every queue."""
     process = WorkerProcess(f"test-{os.getpid()}").start()
+    _session_workers.append(process)
     yield process
+    _session_workers.remove(process)
     process.stop()
+
+
+@contextmanager
+def _session_worker_stopped() -> Iterator[None]:
+    running = [process for process in _session_workers if process.running]
+    for process in running:
+        process.stop()
+    try:
+        yield
+    finally:
+        for process in running:
+            process.start()
+
+
+@pytest.fixture(scope="session")
+def session_worker_stopped() -> Callable[[], AbstractContextManager[None]]:
+    """For tests that start their own workers on the test broker: `with session_worker_stopped():`
+    stops the session worker (if it was started) so it cannot take their tasks, then starts it again."""
+    return _session_worker_stopped
