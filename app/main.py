@@ -5,14 +5,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import anyio
 from fastapi import FastAPI
 from redis.asyncio import Redis
 from starlette.middleware.cors import CORSMiddleware
+from starlette.staticfiles import StaticFiles
 
 from app.api import data, drift, health, metrics, rejects, runs, sources, stats, webhooks
 from app.api.responses import OrjsonResponse
+from app.console import page as console_page
 from app.db.session import create_engine, create_sessionmaker
 from app.errors import install_exception_handlers
 from app.logs import configure_logging
@@ -23,6 +26,7 @@ from app.settings import Settings, get_settings
 from app.sources_config import load_sources
 
 REDIS_TIMEOUT_S = 2.0
+CONSOLE_STATIC = Path(__file__).parent / "console" / "static"
 
 DESCRIPTION = """
 Read the unified records ingested from every configured source, start runs, and watch
@@ -72,8 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     install_exception_handlers(app)
-    for module in (health, data, runs, sources, stats, rejects, drift, webhooks, metrics):
+    for module in (health, data, runs, sources, stats, rejects, drift, webhooks, metrics, console_page):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=CONSOLE_STATIC), name="static")
     # Added innermost first: the request context wraps everything, so every response
     # (429 and 413 included) carries the request id and the security headers.
     app.add_middleware(

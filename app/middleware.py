@@ -34,6 +34,21 @@ DOCS_CSP = (
 )
 
 
+# The console page: its own script and stylesheet, fetch() to this origin only.
+CONSOLE_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+    "form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
+)
+
+
+def _csp_for(path: str) -> str:
+    if path in DOCS_PATHS:
+        return DOCS_CSP
+    if path == "/" or path.startswith("/static/"):
+        return CONSOLE_CSP
+    return API_CSP
+
+
 def _route_label(scope: Scope) -> str:
     route = scope.get("route")
     return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
@@ -57,7 +72,7 @@ class RequestContextMiddleware:
         state["started_at"] = started
         status = 500
         response_started = False
-        csp = DOCS_CSP if scope["path"] in DOCS_PATHS else API_CSP
+        csp = _csp_for(scope["path"])
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started

@@ -1,0 +1,1 @@
+"""The operator console: one server-rendered page at `/` (readable without JavaScript)."""
