@@ -35,7 +35,7 @@ class Settings(BaseSettings):
     max_task_attempts: int = Field(5, ge=1, le=100, description="Deliveries of one task before it is poison.")
     cors_origins: str = Field("", description="Comma-separated allowed CORS origins; empty = CORS closed.")
     webhook_window_s: float = Field(
-        2.0, ge=0.1, le=300, description="Deliveries arriving within this window are batched into one run."
+        2.0, ge=0.1, le=60, description="Deliveries arriving within this window are batched into one run."
     )
     webhook_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest accepted webhook body.")
     flower_url: str = Field("http://127.0.0.1:5555", description="Where the console links to Flower.")

@@ -51,6 +51,12 @@ def ensure_services() -> None:
         return
     if docker_engine_answers():
         print(f"starting {', '.join(missing)} with docker compose")
+        if "db" in missing and "DATABASE_URL" not in os.environ:
+            # The compose database requires a password (POSTGRES_PASSWORD, default "postgres").
+            password = os.environ.get("POSTGRES_PASSWORD", "postgres")
+            os.environ["DATABASE_URL"] = f"postgresql://postgres:{password}@127.0.0.1:5432/ingest"
+            get_settings.cache_clear()
+            settings = get_settings()
         subprocess.run(["docker", "compose", "up", "-d", *missing], cwd=ROOT, check=True)  # noqa: S603,S607
         for _ in range(60):
             if all(reachable(u, p) for u, p in ((settings.database_url, 5432), (settings.redis_url, 6379))):
