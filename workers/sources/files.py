@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 from urllib.parse import unquote, urlsplit
 
 from workers.sources.base import PermanentError
@@ -70,7 +72,7 @@ def local_path(url: str) -> Path:
     return Path(url)
 
 
-def _open_checked(path: Path, max_bytes: int):  # type: ignore[no-untyped-def]
+def _open_checked(path: Path, max_bytes: int) -> BinaryIO:
     try:
         size = path.stat().st_size
         if size > max_bytes:
@@ -84,7 +86,7 @@ def _open_checked(path: Path, max_bytes: int):  # type: ignore[no-untyped-def]
         raise PermanentError(f"permission denied reading {path}") from None
 
 
-def _capped_chunks(path: Path, max_bytes: int):  # type: ignore[no-untyped-def]
+def _capped_chunks(path: Path, max_bytes: int) -> Iterator[bytes]:
     """Yield the file's bytes; the cap is re-checked while reading because a file can grow."""
     total = 0
     with _open_checked(path, max_bytes) as handle:

@@ -1,0 +1,398 @@
+"""The one place where HTTP failures are classified, bounded and retried.
+
+Every connector fetches through HttpFetcher, so the rules hold everywhere alike:
+
+* a TOTAL deadline per request (headers and body together), because httpx's own
+  timeouts are per socket operation and a server dripping one byte a second would
+  otherwise never time out;
+* a size cap per response, checked while streaming (after decompression, so a gzip
+  bomb is stopped too), so one bad upstream cannot exhaust a worker's memory or disk;
+* 429, 408, 5xx, timeouts, resets and truncated bodies are TransientError (retried here
+  with jittered backoff honouring Retry-After); other 4xx and undecodable bodies are
+  PermanentError;
+* error messages never contain header values or the query string, since either may
+  carry a secret; transport exceptions are re-raised `from None` so a traceback does
+  not print them either.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from app.sources_config import SourceConfig
+from workers.sources.base import PermanentError, TransientError
+from workers.sources.files import ContentDigest
+from workers.sources.retry import RetryPolicy, parse_retry_after
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+USER_AGENT = "ingest/0.1"
+DEFAULT_TIMEOUT_S = 30.0
+DEFAULT_MAX_RESPONSE_BYTES = 100 * 1024 * 1024
+_EXCERPT_BYTES = 2048
+_EXCERPT_CHARS = 200
+_MIN_SECRET_CHARS = 4  # shorter values are not secrets, and redacting them would garble messages
+REDACTED = "[redacted]"
+
+
+class HTTPStatusError(PermanentError):
+    """An upstream answered with a status that retrying will not change (most 4xx)."""
+
+    def __init__(self, message: str, status: int):
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedResponse:
+    """A complete response: status, headers, the whole body (within the cap) and parsed Link header."""
+
+    status: int
+    url: str
+    headers: httpx.Headers
+    body: bytes
+    links: dict[str, dict[str, str]]
+
+    @property
+    def not_modified(self) -> bool:
+        return self.status == 304
+
+    def validators(self) -> dict[str, str | None]:
+        """The ETag / Last-Modified to send next time (None clears a stale stored value)."""
+        return {"etag": self.headers.get("etag"), "last_modified": self.headers.get("last-modified")}
+
+
+@dataclass(slots=True)
+class Download:
+    """A body streamed to a temporary file, or a 304. The caller owns `path` and must discard() it."""
+
+    path: Path | None
+    digest: ContentDigest | None
+    not_modified: bool = False
+    etag: str | None = None
+    last_modified: str | None = None
+
+    def discard(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+
+
+def redact(message: str, secrets: Iterable[str]) -> str:
+    """Replace every secret (and every long word of a multi-word secret, e.g. a Bearer token) in a message."""
+    for secret in sorted(_secret_variants(secrets), key=len, reverse=True):
+        message = message.replace(secret, REDACTED)
+    return message
+
+
+def _secret_variants(secrets: Iterable[str]) -> set[str]:
+    variants: set[str] = set()
+    for secret in secrets:
+        for candidate in (secret, *secret.split()):
+            if len(candidate) >= _MIN_SECRET_CHARS:
+                variants.add(candidate)
+    return variants
+
+
+def describe_url(url: str | httpx.URL) -> str:
+    """Scheme, host and path only: the query string may carry an api key or a cursor blob."""
+    try:
+        parsed = httpx.URL(str(url))
+    except httpx.InvalidURL:
+        return "<invalid url>"
+    return str(parsed.copy_with(query=None, fragment=None))[:300]
+
+
+class _Watchdog:
+    """Shuts the socket down at the deadline, so a stalled body read returns at once.
+
+    httpx applies its read timeout to each socket read, so without this a server that
+    stalls mid-body could hold a request for a full read timeout past the deadline.
+    The lock makes sure the socket is never touched after the response was released
+    (it may be back in the connection pool then).
+    """
+
+    def __init__(self, response: httpx.Response, deadline: float):
+        self.fired = False
+        self._done = False
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        stream = response.extensions.get("network_stream")
+        sock = stream.get_extra_info("socket") if stream is not None else None
+        if isinstance(sock, socket.socket):
+            self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire, args=(sock,))
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _fire(self, sock: socket.socket) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            try:
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the plain-socket method: also safe under TLS
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        with self._lock:
+            self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+@dataclass(slots=True)
+class _Exchange:
+    response: httpx.Response
+    deadline: float
+    where: str
+    watchdog: _Watchdog
+
+    def timed_out(self) -> bool:
+        return self.watchdog.fired or time.monotonic() >= self.deadline
+
+
+class HttpFetcher:
+    """Sync HTTP GETs with a total deadline, a size cap, classification and bounded retries.
+
+    One fetcher (one connection pool) serves all the pages of one extraction; close it, or
+    use it as a context manager, when done.
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        retry: RetryPolicy | None = None,
+        secrets: Iterable[str] = (),
+        client: httpx.Client | None = None,
+    ):
+        self.timeout_s = timeout_s
+        self.max_response_bytes = max_response_bytes
+        self.retry = retry or RetryPolicy()
+        self._secrets = [s for s in secrets if s]
+        self._client = client or httpx.Client(follow_redirects=True, headers={"User-Agent": USER_AGENT})
+        self._owns_client = client is None
+
+    @classmethod
+    def for_source(cls, source: SourceConfig, retry: RetryPolicy | None = None) -> HttpFetcher:
+        """A fetcher with the source's deadline and cap, redacting every header value it may send."""
+        secrets = [*source.secret_values(), *source.resolved_headers().values()]
+        return cls(
+            timeout_s=source.timeout_s,
+            max_response_bytes=source.max_response_bytes,
+            retry=retry,
+            secrets=secrets,
+        )
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> HttpFetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- public operations -------------------------------------------------------------
+
+    def get(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> FetchedResponse:
+        """GET the whole body (retrying transient failures); a 304 comes back with `not_modified`."""
+        request_headers = _conditional_headers(headers, etag, last_modified)
+        secrets = [*self._secrets, *(headers or {}).values()]
+
+        def attempt() -> FetchedResponse:
+            with self._exchange(url, params, request_headers, secrets) as exchange:
+                response = exchange.response
+                body = bytearray()
+                if response.status_code != 304:
+                    self._stream_body(exchange, body.extend)
+                return FetchedResponse(
+                    status=response.status_code,
+                    url=str(response.url),
+                    headers=response.headers,
+                    body=bytes(body),
+                    links=dict(response.links),
+                )
+
+        return self._with_retries(attempt, secrets)
+
+    def download(
+        self,
+        url: str,
+        headers: dict[str, str] | None = None,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+        suffix: str = ".download",
+    ) -> Download:
+        """Stream the body to a temporary file, hashing it on the way; the file never sits in memory."""
+        request_headers = _conditional_headers(headers, etag, last_modified)
+        secrets = [*self._secrets, *(headers or {}).values()]
+
+        def attempt() -> Download:
+            with self._exchange(url, None, request_headers, secrets) as exchange:
+                response = exchange.response
+                if response.status_code == 304:
+                    return Download(path=None, digest=None, not_modified=True)
+                fd, name = tempfile.mkstemp(prefix="ingest-", suffix=suffix)
+                path = Path(name)
+                digest = ContentDigest()
+                try:
+                    with os.fdopen(fd, "wb") as out:
+
+                        def sink(chunk: bytes) -> None:
+                            digest.update(chunk)
+                            out.write(chunk)
+
+                        self._stream_body(exchange, sink)
+                except BaseException:
+                    path.unlink(missing_ok=True)
+                    raise
+                digest.finish()
+                return Download(
+                    path=path,
+                    digest=digest,
+                    etag=response.headers.get("etag"),
+                    last_modified=response.headers.get("last-modified"),
+                )
+
+        return self._with_retries(attempt, secrets)
+
+    # -- retries ---------------------------------------------------------------------
+
+    def _with_retries(self, attempt: Callable[[], T], secrets: list[str]) -> T:
+        started = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                return attempt()
+            except TransientError as exc:
+                failures += 1
+                delay = self.retry.delay_s(failures, exc.retry_after_s, time.monotonic() - started)
+                if delay is None:
+                    if failures == 1:
+                        raise
+                    raise TransientError(f"{exc} (gave up after {failures} attempts)", exc.retry_after_s) from None
+                log.warning("transient upstream failure, retrying in %.2fs: %s", delay, redact(str(exc), secrets))
+                time.sleep(delay)
+
+    # -- one attempt -----------------------------------------------------------------
+
+    @contextmanager
+    def _exchange(
+        self, url: str, params: dict[str, Any] | None, headers: dict[str, str], secrets: list[str]
+    ) -> Iterator[_Exchange]:
+        """Send the request and classify what comes back; yields a response whose status is 2xx or 304."""
+        deadline = time.monotonic() + self.timeout_s
+        where = describe_url(url)
+        try:
+            # httpx would replace the url's own query with `params`; a next-page link needs them merged.
+            target = httpx.URL(url).copy_merge_params(params) if params else httpx.URL(url)
+            request = self._client.build_request("GET", target, headers=headers, timeout=self.timeout_s)
+            response = self._client.send(request, stream=True)
+        except httpx.TimeoutException:
+            raise TransientError(f"GET {where}: no response within {self.timeout_s:g}s") from None
+        except (httpx.LocalProtocolError, UnicodeEncodeError):
+            # h11 quotes the offending header value in its message: say nothing about it.
+            raise PermanentError(f"GET {where}: request could not be sent (invalid header value?)") from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.TooManyRedirects) as exc:
+            raise PermanentError(f"GET {where}: {redact(str(exc), secrets)}") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"GET {where}: {type(exc).__name__}: {redact(str(exc), secrets)}") from None
+        watchdog = _Watchdog(response, deadline)
+        # A stalled read should not wait a whole timeout_s past the deadline either.
+        timeouts = response.request.extensions.get("timeout")
+        if isinstance(timeouts, dict):
+            timeouts["read"] = max(0.01, deadline - time.monotonic())
+        exchange = _Exchange(response, deadline, where, watchdog)
+        try:
+            self._check_status(exchange, secrets)
+            yield exchange
+        finally:
+            watchdog.cancel()
+            response.close()
+
+    def _check_status(self, exchange: _Exchange, secrets: list[str]) -> None:
+        status = exchange.response.status_code
+        if 200 <= status < 300 or status == 304:
+            return
+        detail = f"GET {exchange.where}: HTTP {status}{self._excerpt(exchange, secrets)}"
+        if status in (408, 429) or status >= 500:
+            retry_after = parse_retry_after(exchange.response.headers.get("retry-after"))
+            raise TransientError(detail, retry_after_s=retry_after)
+        raise HTTPStatusError(detail, status)
+
+    def _excerpt(self, exchange: _Exchange, secrets: list[str]) -> str:
+        """A short, redacted start of an error body: often the only hint of what went wrong."""
+        buffer = bytearray()
+        try:
+            for chunk in exchange.response.iter_bytes():
+                buffer.extend(chunk)
+                if len(buffer) >= _EXCERPT_BYTES or exchange.timed_out():
+                    break
+        except (httpx.TransportError, httpx.DecodingError):
+            pass  # the status already tells the story
+        text = " ".join(buffer[:_EXCERPT_BYTES].decode("utf-8", "replace").split())
+        if not text:
+            return ""
+        if len(text) > _EXCERPT_CHARS:
+            text = text[:_EXCERPT_CHARS] + "..."
+        return f": {redact(text, secrets)}"
+
+    def _stream_body(self, exchange: _Exchange, sink: Callable[[bytes], Any]) -> None:
+        """Feed the decoded body to `sink`, enforcing the size cap and the total deadline."""
+        response, cap = exchange.response, self.max_response_bytes
+        too_large = PermanentError(f"GET {exchange.where}: response larger than {cap} bytes")
+        declared = response.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise too_large
+        total = 0
+        overdue = f"GET {exchange.where}: exceeded the total deadline of {self.timeout_s:g}s"
+        try:
+            for chunk in response.iter_bytes():
+                total += len(chunk)
+                if total > cap:
+                    raise too_large
+                if exchange.timed_out():
+                    raise TransientError(overdue)
+                sink(chunk)
+        except httpx.DecodingError:
+            raise PermanentError(f"GET {exchange.where}: body could not be decoded (bad content-encoding)") from None
+        except httpx.TransportError as exc:
+            if exchange.timed_out():
+                raise TransientError(overdue) from None
+            # RemoteProtocolError here is a body cut short of its Content-Length: worth another try.
+            raise TransientError(f"GET {exchange.where}: body incomplete: {type(exc).__name__}") from None
+
+
+def _conditional_headers(headers: dict[str, str] | None, etag: str | None, last_modified: str | None) -> dict[str, str]:
+    merged = dict(headers or {})
+    if etag:
+        merged["If-None-Match"] = etag
+    if last_modified:
+        merged["If-Modified-Since"] = last_modified
+    return merged
