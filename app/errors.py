@@ -16,6 +16,7 @@ from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import Scope
 
 from app.api.responses import OrjsonResponse
@@ -100,15 +101,31 @@ async def _api_error(request: Request, exc: Exception) -> OrjsonResponse:
     return error_response(request.scope, exc.status_code, exc.message, code=exc.code, headers=exc.headers)
 
 
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route serves at this path (Starlette names only the first route's)."""
+    allowed = []
+    for method in ("GET", "POST", "PUT", "PATCH", "DELETE"):
+        probe = {**request.scope, "method": method}
+        if any(route.matches(probe)[0] == Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
+
+
 async def _http_error(request: Request, exc: Exception) -> OrjsonResponse:
     assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers or {})
     if exc.status_code == 404 and exc.detail == "Not Found":
         message = f"no route for {request.method} {request.url.path}"
     elif exc.status_code == 405:
-        message = f"method {request.method} is not allowed on {request.url.path}"
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
+        message = f"method {request.method} is not allowed on {request.url.path}; allowed: {headers.get('Allow', '')}"
+    elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+        message = "request body could not be decoded (expected UTF-8 JSON)"
     else:
         message = str(exc.detail)
-    return error_response(request.scope, exc.status_code, message, headers=exc.headers)
+    return error_response(request.scope, exc.status_code, message, headers=headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> OrjsonResponse:
@@ -121,6 +138,9 @@ async def _database_error(request: Request, exc: Exception) -> OrjsonResponse:
     if sqlstate == "57014":  # query_canceled: our statement_timeout
         message = "the query took too long and was cancelled; narrow the filters or page with the cursor"
         return error_response(request.scope, 503, message, code="query_timeout")
+    if (sqlstate or "").startswith("22"):  # data exception, e.g. a NUL character in a text parameter
+        message = "a parameter value cannot be used (for example it contains a NUL character)"
+        return error_response(request.scope, 422, message, code="validation_error")
     connection_lost = isinstance(exc, PoolTimeout | OperationalError | InterfaceError) or (
         isinstance(exc, DBAPIError) and exc.connection_invalidated
     )

@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.cursor import MAX_CURSOR_LENGTH, InvalidCursor, decode_cursor, encode_cursor, filters_fingerprint
 from app.api.deps import RequestIdDep, SessionDep
 from app.api.responses import COMMON_ERRORS, error_responses
-from app.api.schemas import DataPage, Record
+from app.api.schemas import NO_NUL, DataPage, Record, SourceFilter
 from app.errors import ApiError
 
 router = APIRouter(tags=["data"])
@@ -133,10 +133,11 @@ async def list_data(
         Query(max_length=MAX_CURSOR_LENGTH, description="`next_cursor` of the previous page; `page` is then ignored."),
     ] = None,
     source: Annotated[
-        list[str] | None, Query(max_length=100, description="Only these sources (repeat the parameter).")
+        list[SourceFilter] | None, Query(max_length=100, description="Only these sources (repeat the parameter).")
     ] = None,
     q: Annotated[
-        str | None, Query(min_length=1, max_length=1000, description="Full-text query, web-search syntax.")
+        str | None,
+        Query(min_length=1, max_length=1000, pattern=NO_NUL, description="Full-text query, web-search syntax."),
     ] = None,
     since: Annotated[datetime | None, Query(description="updated_at >= since (ISO 8601).")] = None,
     until: Annotated[datetime | None, Query(description="updated_at < until (ISO 8601).")] = None,

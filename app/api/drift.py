@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import SessionDep
 from app.api.responses import COMMON_ERRORS, error_responses
-from app.api.schemas import DriftList
+from app.api.schemas import DriftList, SourceFilter
 
 router = APIRouter(tags=["quality"])
 
@@ -27,7 +27,7 @@ async def list_drift(session: AsyncSession, *, source: str | None, limit: int) -
 @router.get("/drift", response_model=DriftList, summary="Schema drift events", responses=error_responses(422, *COMMON_ERRORS, 503))
 async def drift(
     session: SessionDep,
-    source: Annotated[str | None, Query(max_length=200, description="Only this source.")] = None,
+    source: Annotated[SourceFilter | None, Query(description="Only this source.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many.")] = 50,
 ) -> dict[str, Any]:
     """Drift events (added | removed | type_changed) with field, old/new type and run."""

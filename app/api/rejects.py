@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import SessionDep
 from app.api.responses import COMMON_ERRORS, error_responses
-from app.api.schemas import RejectList
+from app.api.schemas import RejectList, SourceFilter
 
 router = APIRouter(tags=["quality"])
 
@@ -36,7 +36,7 @@ async def list_rejects(
 @router.get("/rejects", response_model=RejectList, summary="Rejected records", responses=error_responses(422, *COMMON_ERRORS, 503))
 async def rejects(
     session: SessionDep,
-    source: Annotated[str | None, Query(max_length=200, description="Only this source.")] = None,
+    source: Annotated[SourceFilter | None, Query(description="Only this source.")] = None,
     run_id: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Only this run.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many.")] = 50,
 ) -> dict[str, Any]:

@@ -18,7 +18,7 @@ class OrjsonResponse(JSONResponse):
 
 
 _DESCRIPTIONS = {
-    400: "Bad request (for example a corrupted `cursor`).",
+    400: "Bad request: a corrupted `cursor`, or a body that cannot be decoded.",
     401: "Missing or wrong API key, or no keys configured.",
     404: "Not found.",
     409: "Conflict (an active run, or an Idempotency-Key request in flight).",

@@ -13,7 +13,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.deps import ApiKeyDep, SessionDep, SourcesDep
 from app.api.idempotency import claim_key, release_key, request_hash, store_response
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
-from app.api.schemas import Run, RunList, RunsRequest, RunStatus
+from app.api.schemas import Run, RunList, RunsRequest, RunStatus, SourceFilter
 from app.enqueue import enqueue_fetch
 from app.errors import ApiError
 from app.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run_async, run_to_api
@@ -119,7 +119,7 @@ async def _fail_unsent(session: AsyncSession, *, run_ids: list[int], idempotency
     status_code=202,
     response_model=RunList,
     summary="Start runs",
-    responses=error_responses(401, 404, 409, 413, 422, *COMMON_ERRORS, 503),
+    responses=error_responses(400, 401, 404, 409, 413, 422, *COMMON_ERRORS, 503),
 )
 async def start_runs(
     session: SessionDep,
@@ -189,7 +189,7 @@ async def start_runs(
 @router.get("/runs", response_model=RunList, summary="List runs", responses=error_responses(422, *COMMON_ERRORS, 503))
 async def read_runs(
     session: SessionDep,
-    source: Annotated[str | None, Query(max_length=200, description="Only this source.")] = None,
+    source: Annotated[SourceFilter | None, Query(description="Only this source.")] = None,
     status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many runs.")] = 50,
 ) -> dict[str, Any]:

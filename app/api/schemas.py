@@ -4,14 +4,18 @@ document client generators read."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 RunStatus = Literal["queued", "running", "succeeded", "partial", "failed"]
 DriftKind = Literal["added", "removed", "type_changed"]
 
 _TS = "2026-11-26T10:15:00Z"
+
+# PostgreSQL text cannot hold NUL: say so in the schema instead of failing in the database.
+NO_NUL = r"^[^\x00]*$"
+SourceFilter = Annotated[str, StringConstraints(max_length=200, pattern=NO_NUL)]
 
 
 class ErrorDetail(BaseModel):

@@ -213,6 +213,12 @@ async def test_injection_looking_input_is_plain_text(client, db):
     assert (await client.get("/data")).json()["total"] == 3
 
 
+async def test_nul_characters_are_422_not_500(client, db):
+    for params in ({"q": "a\x00b"}, {"source": "a\x00b"}, {"since": "2026-01-01T00:00:00Z", "source": "\x00"}):
+        assert_error(await client.get("/data", params=params), 422, "validation_error")
+    assert_error(await client.get("/runs", params={"source": "\x00"}), 422)
+
+
 async def test_total_without_text_filters_comes_from_maintained_counts(client, db):
     seed(db, {"posts": 2, "news": 1})
     # The maintained figure is what /data reports; it never recounts the table.

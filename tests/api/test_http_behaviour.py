@@ -37,7 +37,10 @@ async def test_error_envelope_for_unknown_route_405_and_422(client):
     assert "/nope" in assert_error(await client.get("/nope"), 404, "not_found")["message"]
     response = await client.put("/data")
     assert_error(response, 405, "method_not_allowed")
-    assert "GET" in response.headers["allow"]
+    assert response.headers["allow"] == "GET"
+    response = await client.delete("/runs")
+    assert_error(response, 405)
+    assert response.headers["allow"] == "GET, POST"  # both routes on the path, not just the first
     assert_error(await client.get("/data", params={"page_size": "many"}), 422, "validation_error")
     error = assert_error(await client.get("/data", headers={"X-Request-ID": "given-id"}, params={"page": 0}), 422)
     assert error["request_id"] == "given-id"
