@@ -88,7 +88,9 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, receive, send_wrapper)
+            # Every log line emitted while serving this request carries its id.
+            with structlog.contextvars.bound_contextvars(request_id=request_id):
+                await self.app(scope, receive, send_wrapper)
         except Exception:
             log.exception("unhandled_exception", request_id=request_id, method=scope["method"], path=scope["path"])
             status = 500
