@@ -81,9 +81,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.mount("/static", StaticFiles(directory=CONSOLE_STATIC), name="static")
     # Added innermost first: the request context wraps everything, so every response
     # (429 and 413 included) carries the request id and the security headers.
-    app.add_middleware(
-        BodyLimitMiddleware, larger_limits={"/webhooks/": settings.webhook_max_body_bytes}
-    )
+    app.add_middleware(BodyLimitMiddleware, larger_limits={"/webhooks/": settings.webhook_max_body_bytes})
     app.add_middleware(RateLimitMiddleware, settings=settings)
     origins = [origin.strip() for origin in settings.cors_origins.split(",") if origin.strip()]
     if origins:

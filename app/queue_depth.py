@@ -69,7 +69,9 @@ def is_redis_url(url: str) -> bool:
     return url.split("://", 1)[0] in ("redis", "rediss", "unix")
 
 
-async def queue_depths(*, broker_url: str, broker_redis: Redis | None, queues: tuple[str, ...]) -> dict[str, int | None]:
+async def queue_depths(
+    *, broker_url: str, broker_redis: Redis | None, queues: tuple[str, ...]
+) -> dict[str, int | None]:
     """Depth per queue for whichever broker is configured."""
     if broker_redis is not None:
         return await redis_queue_depths(broker_redis, queues=queues)

@@ -15,7 +15,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.auth import match_api_key, presented_key
 from app.errors import error_response
@@ -129,7 +129,7 @@ class RateLimitMiddleware:
             return
         extra = [(k.lower().encode(), v.encode()) for k, v in decision.headers().items()]
 
-        async def send_with_headers(message: dict) -> None:  # type: ignore[type-arg]
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
                 message["headers"] = list(message.get("headers", [])) + extra
             await send(message)

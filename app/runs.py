@@ -129,7 +129,12 @@ def _is_active_run_violation(exc: IntegrityError) -> bool:
 
 
 async def create_run_async(
-    session: AsyncSession, *, source: SourceConfig, trigger: str, idempotency_key: str | None = None, _retry: bool = True
+    session: AsyncSession,
+    *,
+    source: SourceConfig,
+    trigger: str,
+    idempotency_key: str | None = None,
+    _retry: bool = True,
 ) -> dict[str, Any]:
     """Insert a queued run in the caller's transaction (savepoint); ActiveRunExists if busy."""
     try:
@@ -145,7 +150,9 @@ async def create_run_async(
             raise
     active = (await session.execute(text(ACTIVE_RUN_SQL_NAMED), {"source": source.name})).mappings().first()
     if active is None and _retry:  # it finished between our insert and our look: retry once
-        return await create_run_async(session, source=source, trigger=trigger, idempotency_key=idempotency_key, _retry=False)
+        return await create_run_async(
+            session, source=source, trigger=trigger, idempotency_key=idempotency_key, _retry=False
+        )
     if active is None:
         raise ActiveRunExists({"id": "?", "source": source.name, "status": "active"})
     raise ActiveRunExists(dict(active))

@@ -38,9 +38,7 @@ def _mac(payload: str) -> bytes:
     return hashlib.blake2b(payload.encode(), key=_KEY, digest_size=12).digest()
 
 
-def filters_fingerprint(
-    *, sources: list[str], q: str | None, since: datetime | None, until: datetime | None
-) -> str:
+def filters_fingerprint(*, sources: list[str], q: str | None, since: datetime | None, until: datetime | None) -> str:
     """A short, stable digest of the filters a cursor walks."""
     canonical = orjson.dumps(
         [sorted(set(sources)), q, since.isoformat() if since else None, until.isoformat() if until else None]

@@ -55,7 +55,8 @@ class RecordFilter:
         return bool(self.q or self.since or self.until)
 
     def where(self, *, after_id: int | None = None) -> tuple[str, dict[str, Any]]:
-        clauses, params = [], {}
+        clauses: list[str] = []
+        params: dict[str, Any] = {}
         if self.sources:
             clauses.append("source = ANY(:sources)")
             params["sources"] = self.sources
@@ -87,7 +88,9 @@ async def count_records(session: AsyncSession, *, flt: RecordFilter) -> tuple[in
     counted = int((await session.execute(text(bounded), {**params, "cap": EXACT_TOTAL_CAP + 1})).scalar_one())
     if counted <= EXACT_TOTAL_CAP:
         return counted, False
-    plan = (await session.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM records WHERE {where}"), params)).scalar_one()
+    plan = (
+        await session.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM records WHERE {where}"), params)
+    ).scalar_one()
     if isinstance(plan, (str, bytes)):
         plan = orjson.loads(plan)
     return max(int(plan[0]["Plan"]["Plan Rows"]), counted), True

@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Annotated
 
+import structlog
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from redis.asyncio import Redis
-import structlog
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,7 +61,9 @@ def require_api_key(
     challenge = {"WWW-Authenticate": 'Bearer realm="ingest"'}
     entries = settings.api_key_entries
     if not entries:
-        raise ApiError(401, "no API keys are configured (set API_KEYS); write endpoints are disabled", headers=challenge)
+        raise ApiError(
+            401, "no API keys are configured (set API_KEYS); write endpoints are disabled", headers=challenge
+        )
     presented = header_key or (bearer.credentials if bearer else None)
     if not presented:
         raise ApiError(401, "an API key is required: send X-API-Key or Authorization: Bearer", headers=challenge)

@@ -24,7 +24,12 @@ async def list_drift(session: AsyncSession, *, source: str | None, limit: int) -
     return [dict(row) for row in (await session.execute(text(sql), params)).mappings()]
 
 
-@router.get("/drift", response_model=DriftList, summary="Schema drift events", responses=error_responses(422, *COMMON_ERRORS, 503))
+@router.get(
+    "/drift",
+    response_model=DriftList,
+    summary="Schema drift events",
+    responses=error_responses(422, *COMMON_ERRORS, 503),
+)
 async def drift(
     session: SessionDep,
     source: Annotated[SourceFilter | None, Query(description="Only this source.")] = None,

@@ -28,7 +28,9 @@ ON CONFLICT (key) DO UPDATE
 RETURNING key
 """
 _STORED_SQL = "SELECT request_hash, status_code, response FROM idempotency_keys WHERE key = :key"
-_STORE_SQL = "UPDATE idempotency_keys SET status_code = :status_code, response = CAST(:response AS jsonb) WHERE key = :key"
+_STORE_SQL = (
+    "UPDATE idempotency_keys SET status_code = :status_code, response = CAST(:response AS jsonb) WHERE key = :key"
+)
 _RELEASE_SQL = "DELETE FROM idempotency_keys WHERE key = :key"
 
 

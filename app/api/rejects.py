@@ -21,7 +21,8 @@ async def list_rejects(
     session: AsyncSession, *, source: str | None, run_id: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """Rejected records, newest first."""
-    clauses, params = [], {"limit": limit}
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
     if source is not None:
         clauses.append("source = :source")
         params["source"] = source
@@ -33,7 +34,12 @@ async def list_rejects(
     return [dict(row) for row in (await session.execute(text(sql), params)).mappings()]
 
 
-@router.get("/rejects", response_model=RejectList, summary="Rejected records", responses=error_responses(422, *COMMON_ERRORS, 503))
+@router.get(
+    "/rejects",
+    response_model=RejectList,
+    summary="Rejected records",
+    responses=error_responses(422, *COMMON_ERRORS, 503),
+)
 async def rejects(
     session: SessionDep,
     source: Annotated[SourceFilter | None, Query(description="Only this source.")] = None,

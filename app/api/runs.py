@@ -25,9 +25,12 @@ router = APIRouter(tags=["runs"])
 MAX_ID = 2**63 - 1
 
 
-async def list_runs(session: AsyncSession, *, source: str | None, status: str | None, limit: int) -> list[dict[str, Any]]:
+async def list_runs(
+    session: AsyncSession, *, source: str | None, status: str | None, limit: int
+) -> list[dict[str, Any]]:
     """Runs, newest first, optionally filtered."""
-    clauses, params = [], {"limit": limit}
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": limit}
     if source is not None:
         clauses.append("source = :source")
         params["source"] = source
@@ -138,7 +141,7 @@ async def start_runs(
     ] = None,
 ) -> OrjsonResponse:
     """Create one queued run per source and hand each to the fetch queue (all or nothing)."""
-    request = body or RunsRequest()
+    request = body or RunsRequest.model_validate({})
     selected = select_sources(sources, request.sources)
     scoped_key = f"runs:{key_fingerprint}:{idempotency_key}" if idempotency_key else None
     if scoped_key:
@@ -200,7 +203,9 @@ async def read_runs(
 @router.get(
     "/runs/{id}", response_model=Run, summary="One run", responses=error_responses(404, 422, *COMMON_ERRORS, 503)
 )
-async def read_run(session: SessionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Run id.")]) -> dict[str, Any]:
+async def read_run(
+    session: SessionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Run id.")]
+) -> dict[str, Any]:
     """A run by id; 404 when there is none."""
     run = await get_run(session, run_id=id)
     if run is None:

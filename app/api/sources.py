@@ -31,7 +31,9 @@ async def source_state(session: AsyncSession, *, names: list[str]) -> tuple[dict
     return {row.source: row.value for row in checkpoints}, {row.name: row.paused_reason for row in paused}
 
 
-@router.get("/sources", response_model=SourceList, summary="Configured sources", responses=error_responses(*COMMON_ERRORS, 503))
+@router.get(
+    "/sources", response_model=SourceList, summary="Configured sources", responses=error_responses(*COMMON_ERRORS, 503)
+)
 async def list_sources(session: SessionDep, sources: SourcesDep) -> dict[str, Any]:
     """Every configured source: kind, schedule, enabled, checkpoint, last run."""
     names = list(sources)

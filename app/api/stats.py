@@ -40,7 +40,9 @@ async def drift_event_count(session: AsyncSession) -> int:
     return int((await session.execute(text("SELECT count(*) FROM drift_events"))).scalar_one())
 
 
-@router.get("/stats", response_model=Stats, summary="Counts and queue depth", responses=error_responses(*COMMON_ERRORS, 503))
+@router.get(
+    "/stats", response_model=Stats, summary="Counts and queue depth", responses=error_responses(*COMMON_ERRORS, 503)
+)
 async def stats(request: Request, session: SessionDep, settings: SettingsDep, sources: SourcesDep) -> dict[str, Any]:
     """Records per source, runs per status and last run per source, queue depths, rejects, drift."""
     depths = asyncio.ensure_future(

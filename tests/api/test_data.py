@@ -12,8 +12,18 @@ from app.api import data as data_module
 from tests.api.conftest import assert_error, insert_records
 
 RECORD_KEYS = {
-    "id", "source", "external_id", "title", "content", "author", "url", "published_at", "data",
-    "content_hash", "first_seen_at", "updated_at",
+    "id",
+    "source",
+    "external_id",
+    "title",
+    "content",
+    "author",
+    "url",
+    "published_at",
+    "data",
+    "content_hash",
+    "first_seen_at",
+    "updated_at",
 }
 PAGE_KEYS = {"items", "page", "page_size", "total", "total_is_estimate", "next_cursor", "meta"}
 

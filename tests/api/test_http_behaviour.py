@@ -197,8 +197,19 @@ headers = { Authorization = "Bearer ${TEST_SOURCE_TOKEN}", X-Extra = "${TEST_SOU
     assert created.status_code == 202
     insert_run(db, "secretive", "failed", error="upstream said no")
     responses = [created]
-    for path in ("/sources", "/runs", f"/runs/{created.json()['runs'][0]['id']}", "/stats", "/data", "/rejects",
-                 "/drift", "/health", "/openapi.json", "/metrics", "/nope"):
+    for path in (
+        "/sources",
+        "/runs",
+        f"/runs/{created.json()['runs'][0]['id']}",
+        "/stats",
+        "/data",
+        "/rejects",
+        "/drift",
+        "/health",
+        "/openapi.json",
+        "/metrics",
+        "/nope",
+    ):
         responses.append(await client.get(path))
     responses.append(await client.post("/runs", json={"sources": ["secretive"]}, headers=AUTH))  # 409
     for response in responses:

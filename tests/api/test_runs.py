@@ -28,8 +28,13 @@ async def test_without_key_is_401(client, db):
 
 @pytest.mark.parametrize(
     "headers",
-    [{"X-API-Key": "wrong"}, {"Authorization": "Bearer wrong"}, {"X-API-Key": HASHED_KEY.upper()},
-     {"Authorization": "Basic dGVzdC1rZXk6"}, {"X-API-Key": "sha256:" + "0" * 64}],
+    [
+        {"X-API-Key": "wrong"},
+        {"Authorization": "Bearer wrong"},
+        {"X-API-Key": HASHED_KEY.upper()},
+        {"Authorization": "Basic dGVzdC1rZXk6"},
+        {"X-API-Key": "sha256:" + "0" * 64},
+    ],
 )
 async def test_wrong_key_is_401(client, db, headers):
     response = await client.post("/runs", json={"sources": ["posts"]}, headers=headers)
@@ -195,7 +200,10 @@ async def test_broker_failure_is_503_and_marks_the_run_failed(client, db, monkey
     headers = {**AUTH, "Idempotency-Key": "broker"}
     error = assert_error(await client.post("/runs", json={"sources": ["posts"]}, headers=headers), 503)
     assert "broker" in error["message"]
-    assert db.execute("SELECT status, error FROM runs").fetchone() == ("failed", "could not enqueue: broker unavailable")
+    assert db.execute("SELECT status, error FROM runs").fetchone() == (
+        "failed",
+        "could not enqueue: broker unavailable",
+    )
     monkeypatch.undo()
     # The source is free again and the key was released.
     assert (await client.post("/runs", json={"sources": ["posts"]}, headers=headers)).status_code == 202

@@ -27,7 +27,10 @@ async def test_stats_shape_and_counts(client, db):
     newest = insert_run(db, "posts", "partial")
     insert_run(db, "news", "failed", error="boom")
     insert_run(db, "news", "queued")
-    db.execute("INSERT INTO drift_events (source, run_id, kind, field, new_type) VALUES ('posts', %s, 'added', 'x', 'int')", (older,))
+    db.execute(
+        "INSERT INTO drift_events (source, run_id, kind, field, new_type) VALUES ('posts', %s, 'added', 'x', 'int')",
+        (older,),
+    )
 
     response = await client.get("/stats")
     assert response.status_code == 200
@@ -94,7 +97,17 @@ async def test_rejects_filtered_by_source_and_run(client, db):
     assert len(items) == 3 and items[0]["source"] == "posts"  # newest first
     item = items[-1]
     assert set(item) == {
-        "id", "run_id", "source", "chunk_no", "line_no", "external_id", "reason", "field", "message", "raw", "created_at",
+        "id",
+        "run_id",
+        "source",
+        "chunk_no",
+        "line_no",
+        "external_id",
+        "reason",
+        "field",
+        "message",
+        "raw",
+        "created_at",
     }
     assert item["raw"] == {"Age": "abc", "line": 4} and item["reason"] == "coercion_failed" and item["field"] == "Age"
     assert len((await client.get("/rejects", params={"source": "passengers"})).json()["items"]) == 2
