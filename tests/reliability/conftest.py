@@ -35,7 +35,7 @@ def own_workers_only(session_worker_stopped: Callable[[], AbstractContextManager
 @pytest.fixture
 def procs(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ProcessSet]:
     """Start workers/beat with `procs.worker(name)` / `procs.beat()`; TASK_TIMEOUT_S is short."""
-    label = "rel-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
+    label = f"rel{os.getpid()}-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
     env = {**os.environ, "TASK_TIMEOUT_S": str(TASK_TIMEOUT_S)}
     processes = ProcessSet(label, tmp_path / "procs", env)
     try:

@@ -186,8 +186,13 @@ class CeleryWorker(ManagedProcess):
             while time.monotonic() < deadline:
                 if not self.running:
                     raise RuntimeError(f"worker {self.name} exited early:\n{self.log_text()[-3000:]}")
-                if control.control.ping(destination=[self.node], timeout=1.0):
-                    return self
+                try:
+                    if control.control.ping(destination=[self.node], timeout=1.0):
+                        return self
+                except Exception:  # the broker itself may be restarting: ask again
+                    control.close()
+                    control = Celery("fault-ping", broker=broker_url(self.env))
+                    time.sleep(0.2)
             raise RuntimeError(f"worker {self.name} not ready after {ready_timeout_s}s; see {self.log_path}")
         finally:
             control.close()
@@ -350,7 +355,8 @@ class PostgresCluster:
 
     def restart(self) -> None:
         """`pg_ctl restart -m fast`: every connection is terminated, the data is kept."""
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "restart")
+        # -l again: without it the new postmaster would write to (and hold open) our pipe.
+        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "restart")
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
