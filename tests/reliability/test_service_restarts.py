@@ -257,6 +257,41 @@ def test_redis_restart_mid_run_loses_queued_messages_but_no_data(
           f"{second['fetched']}, {observer.looks} checkpoint checks, {observer.worker_restarts} worker restarts")
 
 
+@pytest.mark.timeout(180)
+def test_redis_restart_loses_every_queued_chunk_and_the_reconciler_redrives_them(
+    stack: PrivateStack, private_procs: ProcessSet, http: LocalHTTPServer
+) -> None:
+    http.route("/queued", SlowPages(UPSTREAM, delay_s=0.0))
+    fetcher = private_procs.worker("fetcher", concurrency=1, queues="fetch")  # nobody consumes normalize yet
+    config = slow_source("queued", http)
+    observer = Observer(stack, "queued", UPSTREAM, supervised=[fetcher])
+    run_id = stack.start_run(config)
+    observer.wait_for("the fetch to finish", lambda: observer.run(run_id)["chunks_total"] is not None, 60)
+    client = redis.Redis.from_url(stack.redis.url())
+    assert client.llen("normalize") == 8, "the chunk messages should be waiting in the queue"
+    client.close()
+
+    stack.redis.restart()  # every queued chunk message is gone
+    restarted_at = time.monotonic()
+    client = redis.Redis.from_url(stack.redis.url())
+    assert client.llen("normalize") == 0
+    client.close()
+    private_procs.worker("all", concurrency=2)
+    private_procs.beat()
+    run = observer.wait_finished(run_id, RECOVERY_BOUND_S)
+    recovered_in = time.monotonic() - restarted_at
+
+    assert run["status"] == "succeeded", run
+    assert_counts(run, len(UPSTREAM), inserted=len(UPSTREAM))
+    with stack.connect() as conn:
+        assert_exact_records(conn, "queued", {str(r["id"]) for r in UPSTREAM})
+        redriven = conn.execute("SELECT count(*) FROM raw_chunks WHERE run_id = %s AND attempts >= 1", (run_id,))
+        assert redriven.fetchone()[0] == 8
+    assert recovered_in <= RECOVERY_BOUND_S
+    assert observer.check_checkpoint() == UPSTREAM[-1]["id"]
+    print(f"8 lost chunk messages re-driven; run finished {recovered_in:.1f}s after the restart")
+
+
 @pytest.mark.timeout(120)
 @pytest.mark.xfail(
     strict=True,

@@ -172,9 +172,11 @@ class ManagedProcess:
 class CeleryWorker(ManagedProcess):
     """`celery -A workers worker` with a name, a concurrency and its own environment."""
 
-    def __init__(self, name: str, env: dict[str, str], concurrency: int = 2):
+    def __init__(self, name: str, env: dict[str, str], concurrency: int = 2, queues: str | None = None):
         argv = [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "INFO", "-c", str(concurrency),
                 "-n", f"{name}@%h", "--without-gossip", "--without-mingle"]
+        if queues:
+            argv += ["-Q", queues]
         super().__init__(name, argv, env)
         self.node = f"{name}@{os.uname().nodename}"
 
@@ -251,8 +253,8 @@ class ProcessSet:
     def _env(self, extra: dict[str, str]) -> dict[str, str]:
         return {**self.env, **extra}
 
-    def worker(self, name: str, concurrency: int = 2, **extra_env: str) -> CeleryWorker:
-        process = CeleryWorker(f"{self.label}-{name}", self._env(extra_env), concurrency)
+    def worker(self, name: str, concurrency: int = 2, queues: str | None = None, **extra_env: str) -> CeleryWorker:
+        process = CeleryWorker(f"{self.label}-{name}", self._env(extra_env), concurrency, queues)
         self.processes.append(process)
         return process.start()
 
