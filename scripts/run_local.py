@@ -90,12 +90,16 @@ def main() -> None:
           f"Flower http://127.0.0.1:{FLOWER_PORT}/   Ctrl-C stops everything\n")
     stopping = False
 
-    def stop(*_: object) -> None:
+    def stop(*_: object, interrupted: bool = False) -> None:
         nonlocal stopping
         if stopping:
             return
         stopping = True
         print("\nstopping...")
+        if interrupted:  # Ctrl-C already reached every process of the terminal's group
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(p.poll() is None for p in processes.values()):
+                time.sleep(0.2)
         for proc in processes.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
@@ -114,7 +118,7 @@ def main() -> None:
         dead = [name for name, proc in processes.items() if proc.poll() is not None]
         print(f"{', '.join(dead)} exited; stopping the rest", file=sys.stderr)
     except KeyboardInterrupt:
-        pass
+        stop(interrupted=True)
     finally:
         stop()
 
