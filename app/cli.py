@@ -142,7 +142,8 @@ def _follow(conn: psycopg.Connection, run_ids: list[int], timeout: float) -> lis
                 table.add_column(column)
             for r in rows:
                 total = "?" if r["chunks_total"] is None else str(r["chunks_total"])
-                table.add_row(str(r["id"]), r["source"], r["status"], f"{r['chunks_done']}/{total}", str(r["live_fetched"]))
+                chunks = f"{r['chunks_done']}/{total}"
+                table.add_row(str(r["id"]), r["source"], r["status"], chunks, str(r["live_fetched"]))
             live.update(table)
             if all(r["status"] in FINISHED for r in rows):
                 break
@@ -195,7 +196,7 @@ def list_sources() -> None:
     settings = _settings()
     configured = _sources(settings)
     with _connect(settings) as conn:
-        checkpoints = dict(conn.execute("SELECT source, value FROM checkpoints").fetchall())
+        checkpoints: dict[str, Any] = dict(conn.execute("SELECT source, value FROM checkpoints").fetchall())
         last = {
             row[0]: row[1:]
             for row in conn.execute(

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _broker_default(self) -> "Settings":
+    def _broker_default(self) -> Settings:
         if not self.celery_broker_url:
             self.celery_broker_url = self.redis_url
         return self

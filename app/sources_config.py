@@ -123,7 +123,7 @@ class SourceConfig(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _kind_requirements(self) -> "SourceConfig":
+    def _kind_requirements(self) -> SourceConfig:
         if self.kind in ("http_json", "csv", "rss") and not self.url:
             raise ValueError(f"'url' is required for kind {self.kind!r}")
         if self.kind in ("http_json", "csv", "webhook") and not self.id_field:

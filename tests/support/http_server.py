@@ -95,7 +95,7 @@ class LocalHTTPServer:
     def route(self, path: str, handler: Handler | Response) -> None:
         self.routes[path] = handler if callable(handler) else (lambda _request, r=handler: r)
 
-    def __enter__(self) -> "LocalHTTPServer":
+    def __enter__(self) -> LocalHTTPServer:
         self._thread.start()
         return self
 

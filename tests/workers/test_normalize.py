@@ -55,7 +55,8 @@ def test_bad_records_are_rejected_with_reason_field_and_raw(record: dict, reason
 
 
 def test_unparsable_item_keeps_its_raw_text() -> None:
-    chunk = Normalizer(csv_source()).normalize_chunk([RawItem(None, line=4, error="3 fields, expected 4", raw_text="a,b,c")])
+    unparsable = RawItem(None, line=4, error="3 fields, expected 4", raw_text="a,b,c")
+    chunk = Normalizer(csv_source()).normalize_chunk([unparsable])
     [rejection] = chunk.rejections
     assert rejection.reason == PARSE_ERROR
     assert rejection.raw == "a,b,c"

@@ -21,7 +21,9 @@ pytestmark = pytest.mark.usefixtures("worker")
 
 
 def posts(n: int, start: int = 1, title: str = "post") -> list[dict]:
-    return [{"id": i, "userId": i % 7, "title": f"{title} {i}", "body": f"body of {i}"} for i in range(start, start + n)]
+    return [
+        {"id": i, "userId": i % 7, "title": f"{title} {i}", "body": f"body of {i}"} for i in range(start, start + n)
+    ]
 
 
 @pytest.fixture
@@ -197,7 +199,8 @@ def test_rss_and_atom_feeds(db: psycopg.Connection, tmp_path: Path) -> None:
     )
     run = ingest(db, source("atom", "rss", str(atom)))
     entry = records(db, "atom")["urn:uuid:1"]
-    assert (entry["title"], entry["url"], entry["content"], entry["author"]) == ("Atom one", "https://e.org/a1", "sum", "Ann")
+    found = (entry["title"], entry["url"], entry["content"], entry["author"])
+    assert found == ("Atom one", "https://e.org/a1", "sum", "Ann")
 
 
 def test_entity_expansion_feed_is_refused(db: psycopg.Connection, tmp_path: Path) -> None:

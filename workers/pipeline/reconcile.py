@@ -82,7 +82,8 @@ def reconcile(
         conn.commit()
     for run_id, chunk_no, attempts, last_error in conn.execute(_STALLED_CHUNKS, params).fetchall():
         if attempts >= max_attempts:
-            if fail_run(conn, run_id, f"chunk {chunk_no} failed after {attempts} attempts: {last_error or 'worker lost'}"):
+            reason = f"chunk {chunk_no} failed after {attempts} attempts: {last_error or 'worker lost'}"
+            if fail_run(conn, run_id, reason):
                 report.runs_failed.append(run_id)
             continue
         with conn.transaction():

@@ -235,7 +235,7 @@ class HttpFetcher:
                     url=str(response.url),
                     headers=response.headers,
                     body=bytes(body),
-                    links=dict(response.links),
+                    links={str(rel): link for rel, link in response.links.items()},
                 )
 
         return self._with_retries(attempt, secrets)
