@@ -1,12 +1,16 @@
-"""GET /metrics: Prometheus text format, plus the HTTP metrics the middleware records."""
+"""GET /metrics: Prometheus text format: the HTTP metrics the middleware records, plus the
+ingestion metrics read from PostgreSQL and the broker at scrape time (app/ingest_metrics.py)."""
 
 from __future__ import annotations
 
 import os
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.responses import Response
+
+from app.ingest_metrics import IngestCollector, RegistryView, read_snapshot
+from celeryconfig import QUEUES
 
 router = APIRouter(tags=["operations"])
 
@@ -36,6 +40,16 @@ def _registry() -> CollectorRegistry:
     response_class=Response,
     responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}, "description": "Metrics"}},
 )
-async def metrics() -> Response:
-    """Prometheus text exposition of the API's metrics."""
-    return Response(generate_latest(_registry()), media_type=CONTENT_TYPE_LATEST)
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition: HTTP metrics and ingestion metrics (see docs/operations.md)."""
+    state = request.app.state
+    snapshot = await read_snapshot(
+        state.sessionmaker,
+        broker_url=state.settings.celery_broker_url or state.settings.redis_url,
+        broker_redis=state.broker_redis,
+        queues=QUEUES,
+    )
+    registry = CollectorRegistry(auto_describe=False)  # one per scrape, never shared
+    registry.register(RegistryView(_registry()))
+    registry.register(IngestCollector(snapshot))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import psycopg
@@ -47,6 +48,7 @@ def record_failure(conn: psycopg.Connection, run_id: int, chunk_no: int, error: 
 
 def normalize_and_upsert(conn: psycopg.Connection, run_id: int, chunk_no: int) -> ChunkOutcome:
     """Process one chunk exactly once, however often it is delivered."""
+    started = time.monotonic()
     row = conn.execute("SELECT source, config FROM runs WHERE id = %s", (run_id,)).fetchone()
     items = load_chunk(conn, run_id=run_id, chunk_no=chunk_no)
     conn.commit()
@@ -58,6 +60,7 @@ def normalize_and_upsert(conn: psycopg.Connection, run_id: int, chunk_no: int) -
     conn.commit()
     normalized = Normalizer(source, known).normalize_chunk(items)
     counts = write_chunk(
-        conn, run_id=run_id, chunk_no=chunk_no, source=source_name, fetched=len(items), chunk=normalized
+        conn, run_id=run_id, chunk_no=chunk_no, source=source_name, fetched=len(items), chunk=normalized,
+        started=started,
     )
     return ChunkOutcome(counts=counts, run_status=finalize_run(conn, run_id) if counts else None)

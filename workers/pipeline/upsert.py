@@ -12,6 +12,7 @@ no write and no index churn. `xmax = 0` in RETURNING tells inserts from updates.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,9 +110,11 @@ def write_chunk(
     source: str,
     fetched: int,
     chunk: NormalizedChunk,
+    started: float | None = None,
 ) -> ChunkCounts | None:
     """Commit one chunk; return its counts, or None when it was already committed or the
-    run is no longer active (failed runs take no more data)."""
+    run is no longer active (failed runs take no more data). `started` (time.monotonic()
+    when the chunk's task began) gives the ledger's duration_ms."""
     with conn.transaction():
         # FOR SHARE: chunks commit concurrently, but finalize/fail (FOR UPDATE) wait for
         # in-flight chunks, so a run's counts always equal the sum of its ledger.
@@ -164,10 +167,11 @@ def write_chunk(
         )
         conn.execute(
             "UPDATE chunk_ledger SET fetched = %s, inserted = %s, updated = %s, unchanged = %s, rejected = %s,"
-            " max_incremental = %s::jsonb, observed_fields = %s::jsonb, committed_at = now()"
+            " max_incremental = %s::jsonb, observed_fields = %s::jsonb, committed_at = now(), duration_ms = %s"
             " WHERE run_id = %s AND chunk_no = %s",
             (counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.rejected,
-             _json_text(chunk.max_incremental), _json_text(chunk.observed), run_id, chunk_no),
+             _json_text(chunk.max_incremental), _json_text(chunk.observed),
+             None if started is None else round((time.monotonic() - started) * 1000), run_id, chunk_no),
         )
         if inserted or rejected:
             conn.execute(
