@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
-from tests.support.faults import ProcessSet, assert_counts, assert_exact_records, post, wait_until
+from tests.support.faults import ProcessSet, assert_counts, assert_exact_records, post, scalar, wait_until
 from tests.support.http_server import LocalHTTPServer, Request, Response
 
 WINDOW_S = 8
@@ -42,7 +42,7 @@ def test_two_beats_never_start_overlapping_runs(
     ticks = sum(beat.sent("source:ticking") for beat in beats)
 
     def all_finished() -> bool:
-        active = db.execute("SELECT count(*) FROM runs WHERE status IN ('queued', 'running')").fetchone()[0]
+        active = scalar(db, "SELECT count(*) FROM runs WHERE status IN ('queued', 'running')")
         return active == 0
 
     wait_until(all_finished, 30, "the last scheduled run to finish")

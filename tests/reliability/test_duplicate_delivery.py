@@ -19,6 +19,7 @@ from tests.support.faults import (
     assert_exact_records,
     deliveries,
     queue_depth,
+    scalar,
     wait_until,
     write_csv,
 )
@@ -102,4 +103,4 @@ def test_duplicates_while_the_run_is_active_are_absorbed(
     assert run["status"] == "succeeded", run["error"]
     assert_counts(run, n, inserted=n)
     assert_exact_records(db, "dup", upstream)
-    assert db.execute("SELECT records FROM source_stats WHERE source = 'dup'").fetchone()[0] == n
+    assert scalar(db, "SELECT records FROM source_stats WHERE source = 'dup'") == n

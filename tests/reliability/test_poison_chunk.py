@@ -21,6 +21,7 @@ from tests.support.faults import (
     assert_counts,
     assert_exact_records,
     ledger_totals,
+    scalar,
     write_csv,
 )
 from tests.support.pipeline import ingest, source, start_run, wait_for_run
@@ -87,9 +88,7 @@ def test_a_poison_chunk_fails_its_run_and_another_source_still_succeeds(
     assert f"chunk {poison_chunk} failed after {MAX_ATTEMPTS} attempts" in bad["error"], bad["error"]
     assert f"record {poison_trigger} is poison" in bad["error"], bad["error"]
     assert failed_after <= FAIL_BOUND_S
-    attempts = db.execute(
-        "SELECT attempts FROM raw_chunks WHERE run_id = %s AND chunk_no = %s", (bad_id, poison_chunk)
-    ).fetchone()[0]
+    attempts = scalar(db, "SELECT attempts FROM raw_chunks WHERE run_id = %s AND chunk_no = %s", (bad_id, poison_chunk))
     assert MAX_ATTEMPTS <= attempts <= MAX_ATTEMPTS + 1  # bounded: no poison loop
     # Nothing half-written: the run's counts are exactly its committed chunks, and the table
     # holds exactly their records (the poison chunk's transaction left no trace).
@@ -101,7 +100,7 @@ def test_a_poison_chunk_fails_its_run_and_another_source_still_succeeds(
     assert_counts(bad, 4500, inserted=4500)
     lost_chunk = {str(i) for i in range(poison_chunk * 500 + 1, poison_chunk * 500 + 501)}
     assert_exact_records(db, "poisoned", poisoned_rows - lost_chunk)
-    assert db.execute("SELECT value FROM checkpoints WHERE source = 'poisoned'").fetchone() is None
+    assert scalar(db, "SELECT value FROM checkpoints WHERE source = 'poisoned'") is None
 
     # The fault repaired, the next run completes the data: every record exactly once.
     drop_trigger(db)

@@ -40,6 +40,7 @@ from tests.support.faults import (
     deliveries,
     post,
     producer_for,
+    scalar,
     stored_ids,
 )
 from tests.support.http_server import LocalHTTPServer
@@ -181,7 +182,7 @@ class Observer:
 
     def stored_chunks(self, run_id: int) -> int:
         return self._query(
-            lambda c: c.execute("SELECT count(*) FROM raw_chunks WHERE run_id = %s", (run_id,)).fetchone()[0]
+            lambda c: scalar(c, "SELECT count(*) FROM raw_chunks WHERE run_id = %s", (run_id,))
         )
 
     def wait_for(self, what: str, predicate: Callable[[], bool], timeout_s: float) -> None:
@@ -285,8 +286,7 @@ def test_redis_restart_loses_every_queued_chunk_and_the_reconciler_redrives_them
     assert_counts(run, len(UPSTREAM), inserted=len(UPSTREAM))
     with stack.connect() as conn:
         assert_exact_records(conn, "queued", {str(r["id"]) for r in UPSTREAM})
-        redriven = conn.execute("SELECT count(*) FROM raw_chunks WHERE run_id = %s AND attempts >= 1", (run_id,))
-        assert redriven.fetchone()[0] == 8
+        assert scalar(conn, "SELECT count(*) FROM raw_chunks WHERE run_id = %s AND attempts >= 1", (run_id,)) == 8
     assert recovered_in <= RECOVERY_BOUND_S
     assert observer.check_checkpoint() == UPSTREAM[-1]["id"]
     print(f"8 lost chunk messages re-driven; run finished {recovered_in:.1f}s after the restart")
@@ -295,22 +295,26 @@ def test_redis_restart_loses_every_queued_chunk_and_the_reconciler_redrives_them
 @pytest.mark.timeout(120)
 @pytest.mark.xfail(
     strict=True,
-    reason="celery 5.7.0/kombu 5.7.0: a broker connection loss while the worker holds an unacknowledged "
-    "(acks_late) message ends the worker: Consumer.on_connection_error_after_connected() collects the "
-    "connection (transport.client = None), then connection.close() restores the unacked message through "
-    "kombu redis Channel._connparams() -> AttributeError 'NoneType' object has no attribute 'hostname' -> "
-    "'Unrecoverable error', warm shutdown, exit. Only a process supervisor brings it back.",
+    reason="celery 5.7.0 + kombu 5.7.0 (redis transport): when the broker connection drops while the consumer "
+    "is blocked in BRPOP and holds an unacknowledged (acks_late) message, Consumer.on_connection_error_after_"
+    "connected() first collect()s the connection: Channel.close() fails in _brpop_read() (broker down) before "
+    "marking the channel closed, and collect() then sets transport.client = None; the following "
+    "connection.close() closes the channel again, restore_unacked() needs a new pool, Channel._connparams() "
+    "reads transport.client.hostname -> AttributeError -> 'Unrecoverable error': the worker finishes its "
+    "running task and exits. Only a process supervisor (compose `restart: unless-stopped`) brings it back.",
 )
 def test_worker_survives_a_redis_restart_without_a_supervisor(
     stack: PrivateStack, private_procs: ProcessSet, http: LocalHTTPServer
 ) -> None:
     http.route("/unsupervised", SlowPages(UPSTREAM, delay_s=0.3))
-    worker = private_procs.worker("w", concurrency=2)
+    # Fetch queue only: the running fetch is the one unacknowledged message, and the consumer
+    # (prefetch 2) keeps polling for a second one; that is the state the bug needs.
+    worker = private_procs.worker("w", concurrency=2, queues="fetch")
     observer = Observer(stack, "unsupervised", UPSTREAM)  # nobody restarts the worker
     run_id = stack.start_run(slow_source("unsupervised", http))
     observer.wait_for("a stored chunk", lambda: observer.stored_chunks(run_id) >= 1, 60)
-    stack.redis.restart(down_s=2.0)  # the fetch task is running: its message is unacknowledged
-    time.sleep(TASK_TIMEOUT_S)  # the fetch finishes (about 5 s) and the worker had time to reconnect
+    stack.redis.restart(down_s=2.0)
+    time.sleep(TASK_TIMEOUT_S)  # the fetch ends (about 5 s) and the worker had time to reconnect
     assert worker.running, f"the worker exited after the Redis restart; see {worker.log_path}"
 
 

@@ -21,6 +21,7 @@ from tests.support.faults import (
     assert_exact_records,
     deliveries,
     post,
+    scalar,
     wait_until,
     write_csv,
 )
@@ -57,8 +58,9 @@ def test_killing_pool_children_mid_run_loses_and_duplicates_nothing(
     assert run["status"] == "succeeded", run["error"]
     assert_counts(run, n, inserted=n)
     assert_exact_records(db, "big", upstream)
-    assert db.execute("SELECT records FROM source_stats WHERE source = 'big'").fetchone()[0] == n
-    assert worker.running and len(worker.pool_children()) == 2  # the pool replaced its dead children
+    assert scalar(db, "SELECT records FROM source_stats WHERE source = 'big'") == n
+    assert worker.running
+    wait_until(lambda: len(worker.pool_children()) == 2, 30, "the pool to replace its killed children")
 
 
 @pytest.mark.timeout(240)
@@ -75,7 +77,7 @@ def test_killing_the_whole_worker_mid_fetch_recovers_within_the_bound(
 
     run_id = start_run(db, config)
     wait_until(
-        lambda: db.execute("SELECT count(*) FROM raw_chunks WHERE run_id = %s", (run_id,)).fetchone()[0] >= 3,
+        lambda: scalar(db, "SELECT count(*) FROM raw_chunks WHERE run_id = %s", (run_id,)) >= 3,
         60, "the fetch to store its third chunk",
     )
     assert get_run(db, run_id)["chunks_total"] is None, "the fetch finished before the kill"

@@ -431,6 +431,12 @@ class SlowPages:
 # --- oracles ----------------------------------------------------------------------------------
 
 
+def scalar(conn: psycopg.Connection, sql: str, params: tuple[Any, ...] = ()) -> Any:
+    """The first column of the first row (None when there is no row)."""
+    row = conn.execute(sql, params).fetchone()  # type: ignore[arg-type]
+    return None if row is None else row[0]
+
+
 def stored_ids(conn: psycopg.Connection, source: str) -> list[str]:
     """Every stored external_id of the source, duplicates included (there must be none)."""
     return [row[0] for row in conn.execute("SELECT external_id FROM records WHERE source = %s", (source,))]
