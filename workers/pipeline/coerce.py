@@ -123,3 +123,64 @@ COERCERS: dict[str, Callable[[Any], Any]] = {
 
 def is_empty(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip() == "")
+
+
+# --- nullable coercers: is_empty + coercion in one call, for the per-record loop ---------------
+# Each returns None for an empty value and otherwise exactly what the coercer above returns
+# (or raises what it raises); the common case, a clean string from a CSV, takes a short path.
+
+_BOOL_WORDS = dict.fromkeys(_TRUE, True) | dict.fromkeys(_FALSE, False)
+
+
+def int_or_none(value: Any) -> int | None:
+    if type(value) is str:
+        if value.isdigit() and value.isascii():
+            return int(value)
+        if not value or value.isspace():
+            return None
+    elif value is None:
+        return None
+    return to_int(value)
+
+
+def float_or_none(value: Any) -> float | None:
+    if type(value) is str:
+        if not value or value.isspace():
+            return None
+        try:
+            number = float(value)
+        except ValueError:
+            return to_float(value)  # raises the coercion error
+        return number if math.isfinite(number) else to_float(value)
+    if value is None:
+        return None
+    return to_float(value)
+
+
+def bool_or_none(value: Any) -> bool | None:
+    if type(value) is str:
+        word = _BOOL_WORDS.get(value)
+        if word is not None:
+            return word
+        if not value or value.isspace():
+            return None
+    elif value is None:
+        return None
+    return to_bool(value)
+
+
+def nullable(coerce: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    def coerce_or_none(value: Any) -> Any:
+        return None if is_empty(value) else coerce(value)
+
+    return coerce_or_none
+
+
+NULLABLE_COERCERS: dict[str, Callable[[Any], Any]] = {
+    "int": int_or_none,
+    "float": float_or_none,
+    "bool": bool_or_none,
+    "datetime": nullable(to_datetime),
+    "date": nullable(to_date),
+    "str": nullable(to_str),
+}

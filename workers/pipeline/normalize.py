@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from app.sources_config import UNIFIED_FIELDS, SourceConfig
-from workers.pipeline.coerce import COERCERS, CoercionError, is_empty, to_datetime
+from workers.pipeline.coerce import COERCERS, NULLABLE_COERCERS, CoercionError, is_empty, to_datetime
 from workers.pipeline.drift import Signature, misfit, observed_fields, signature
 from workers.pipeline.incremental import greatest
 from workers.sources.base import RawItem, dotted_get
@@ -84,6 +84,15 @@ class Normalizer:
         defaults = RSS_DEFAULT_FIELDS if source.kind == "rss" else IDENTITY_FIELDS
         self.mapping = {**defaults, **source.fields}
         self.types = [(name.split("."), COERCERS[kind], name) for name, kind in source.types.items()]
+        # Compiled once for the per-record loop (a million records make every call count):
+        # a path without a dot is one dict lookup, not a dotted walk.
+        self._id_key = self.id_field if _is_flat(self.id_field) else None
+        self._unified = [(name, path, _is_flat(path)) for name, path in self.mapping.items()]
+        self._flat_types = (
+            [(name, NULLABLE_COERCERS[kind]) for name, kind in source.types.items()]
+            if all(_is_flat(name) for name in source.types)
+            else None
+        )
 
     def normalize_chunk(self, items: list[RawItem]) -> NormalizedChunk:
         """Normalize a chunk: de-duplicated by external id (last wins) and sorted by it."""
@@ -91,10 +100,16 @@ class Normalizer:
         by_id: dict[str, NormalizedRecord] = {}
         incremental_field = self.source.incremental_field
         shapes: dict[Signature, str | None] = {}  # distinct record shapes -> misfit field
+        # (keys, value types) -> signature: two C-built tuples per record instead of a generator
+        signatures: dict[tuple[tuple[str, ...], tuple[type, ...]], Signature] = {}
         for item in items:
             try:
                 record = self.normalize_item(item)
-                shape = signature(record.data)
+                data = record.data
+                layout = (tuple(data), tuple(map(type, data.values())))
+                shape = signatures.get(layout)
+                if shape is None:
+                    shape = signatures[layout] = signature(data)
                 if shape not in shapes:
                     shapes[shape] = misfit(shape, self.reject_against) if self.reject_against else None
                 if shapes[shape] is not None:
@@ -118,36 +133,45 @@ class Normalizer:
         return chunk
 
     def normalize_item(self, item: RawItem) -> NormalizedRecord:
-        if item.record is None:
+        record = item.record
+        if record is None:
             raise _Rejected(PARSE_ERROR, item.error or "unparsable item")
-        if not isinstance(item.record, dict):
+        if not isinstance(record, dict):
             raise _Rejected(PARSE_ERROR, "record is not an object")
-        identity = dotted_get(item.record, self.id_field)
+        identity = record.get(self._id_key) if self._id_key is not None else dotted_get(record, self.id_field)
         if is_empty(identity) or isinstance(identity, (dict, list)):
             raise _Rejected(MISSING_ID, f"no usable value at id_field '{self.id_field}'", self.id_field)
-        data = self._coerced(item.record)
-        unified = {name: dotted_get(data, path) for name, path in self.mapping.items()}
+        data = self._coerced(record)
+        unified = {name: data.get(path) if flat else dotted_get(data, path) for name, path, flat in self._unified}
         published_at = None
         if not is_empty(unified["published_at"]):
             try:
                 published_at = to_datetime(unified["published_at"])
             except CoercionError as exc:
                 raise _Rejected(COERCION_FAILED, str(exc), "published_at") from None
-        texts = {name: _as_text(unified[name]) for name in ("title", "content", "author", "url")}
+        title, content = _as_text(unified["title"]), _as_text(unified["content"])
+        author, url = _as_text(unified["author"]), _as_text(unified["url"])
+        texts = {"title": title, "content": content, "author": author, "url": url}
         digest = hashlib.sha256(
             orjson.dumps([texts, published_at, data], option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
         ).digest()
-        return NormalizedRecord(
-            external_id=str(identity),
-            published_at=published_at,
-            data=data,
-            content_hash=digest,
-            **texts,
-        )
+        return NormalizedRecord(str(identity), title, content, author, url, published_at, data, digest)
 
     def _coerced(self, record: dict[str, Any]) -> dict[str, Any]:
         if not self.types:
             return record
+        if self._flat_types is None:
+            return self._coerced_nested(record)
+        data = dict(record)
+        for key, coerce_or_none in self._flat_types:
+            if key in data:
+                try:
+                    data[key] = coerce_or_none(data[key])
+                except CoercionError as exc:
+                    raise _Rejected(COERCION_FAILED, str(exc), key) from None
+        return data
+
+    def _coerced_nested(self, record: dict[str, Any]) -> dict[str, Any]:
         data = dict(record)
         for path, coerce, name in self.types:
             parent = _parent_for_write(data, path)
@@ -164,6 +188,11 @@ class Normalizer:
         return data
 
 
+def _is_flat(path: str) -> bool:
+    """A top-level key: dotted_get(obj, path) is then obj.get(path) for a dict."""
+    return path != "" and "." not in path
+
+
 def _parent_for_write(data: dict[str, Any], path: list[str]) -> dict[str, Any] | None:
     """The dict holding the last path element, copied on the way so the raw stays intact."""
     parent = data
@@ -178,9 +207,7 @@ def _parent_for_write(data: dict[str, Any], path: list[str]) -> dict[str, Any] |
 
 
 def _as_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
+    if value is None or type(value) is str:
         return value
     if isinstance(value, (dict, list)):
         return orjson.dumps(value).decode()

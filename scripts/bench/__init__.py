@@ -1,0 +1,1 @@
+"""Helpers of scripts/bench.py (`make bench`): data, processes, load generation, report."""
