@@ -74,6 +74,20 @@ def ensure_services() -> None:
     raise SystemExit(2)
 
 
+def flower_env() -> dict[str, str]:
+    """Flower reads FLOWER_BASIC_AUTH from its environment only: pass on the one in `.env`."""
+    env = dict(os.environ)
+    if not env.get("FLOWER_BASIC_AUTH"):
+        from dotenv import dotenv_values
+
+        env["FLOWER_BASIC_AUTH"] = dotenv_values(ROOT / ".env").get("FLOWER_BASIC_AUTH") or ""
+    if not env["FLOWER_BASIC_AUTH"]:
+        del env["FLOWER_BASIC_AUTH"]
+        print("Flower runs WITHOUT authentication: set FLOWER_BASIC_AUTH=user:password (e.g. in .env)",
+              file=sys.stderr)
+    return env
+
+
 def main() -> None:
     ensure_services()
     python = sys.executable
@@ -85,7 +99,8 @@ def main() -> None:
                  "-s", str(ROOT / ".venv" / "celerybeat-schedule")],
         "flower": [python, "-m", "celery", "-A", "workers", "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"],
     }
-    processes = {name: subprocess.Popen(cmd, cwd=ROOT) for name, cmd in commands.items()}  # noqa: S603
+    envs = {"flower": flower_env()}
+    processes = {name: subprocess.Popen(cmd, cwd=ROOT, env=envs.get(name)) for name, cmd in commands.items()}  # noqa: S603
     print(f"\nAPI http://127.0.0.1:{API_PORT}/docs  console http://127.0.0.1:{API_PORT}/  "
           f"Flower http://127.0.0.1:{FLOWER_PORT}/   Ctrl-C stops everything\n")
     stopping = False
