@@ -39,6 +39,7 @@ from tests.support.faults import (
     assert_exact_records,
     deliveries,
     post,
+    private_services_missing,
     producer_for,
     scalar,
     stored_ids,
@@ -79,6 +80,9 @@ class PrivateStack:
 
 @pytest.fixture(scope="module")
 def services() -> Iterator[tuple[RedisServer, PostgresCluster]]:
+    missing = private_services_missing()
+    if missing:
+        pytest.skip(f"private Redis/PostgreSQL needed: {missing}")
     label = f"rel{os.getpid()}-private"
     redis_server = RedisServer(label).start()
     postgres = PostgresCluster(label)

@@ -35,7 +35,30 @@ from tests.support.http_server import Request, Response
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "test-artifacts"
-PG_BIN = Path(os.environ.get("TEST_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _find_pg_bin() -> Path | None:
+    """Where initdb/pg_ctl live: TEST_PG_BIN, else Debian's 15, else the newest installed, else PATH."""
+    if os.environ.get("TEST_PG_BIN"):
+        return Path(os.environ["TEST_PG_BIN"])
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    preferred = [p for p in debian if p.parts[-3] == "15"] or debian[-1:]
+    if preferred:
+        return preferred[0].parent
+    on_path = shutil.which("initdb")
+    return Path(on_path).parent if on_path else None
+
+
+PG_BIN = _find_pg_bin()
+
+
+def private_services_missing() -> str | None:
+    """Why private Redis/PostgreSQL instances cannot be started here (None when they can)."""
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed"
+    if PG_BIN is None or not (PG_BIN / "initdb").exists():
+        return "PostgreSQL server binaries (initdb, pg_ctl) not found; set TEST_PG_BIN"
+    return None
 
 # The workers and beat of these tests run with a short task timeout, so every recovery
 # the reconciler performs happens within a bound derived from it.
@@ -78,11 +101,6 @@ def _stat(pid: int) -> list[str] | None:
 
 def _all_pids() -> list[int]:
     return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def is_alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] not in ("Z", "X")
 
 
 def children_of(pid: int) -> list[int]:
@@ -324,19 +342,22 @@ class PostgresCluster:
     """A private PostgreSQL cluster (initdb as `postgres`, trust auth) on a free port."""
 
     def __init__(self, label: str):
+        assert PG_BIN is not None, private_services_missing()
+        self.bin = PG_BIN
         self.label = label
         self.port = free_port()
         self.base = Path(tempfile.mkdtemp(prefix=f"ingest-{label}-pg-"))
         self.data = self.base / "data"
         self.log = ARTIFACTS / f"{label}-postgres.log"
-        shutil.chown(self.base, "postgres", "postgres")
         ARTIFACTS.mkdir(exist_ok=True)
         self.log.touch()
-        shutil.chown(self.log, "postgres", "postgres")
+        if os.geteuid() == 0:  # initdb and postgres refuse to run as root: they run as `postgres`
+            shutil.chown(self.base, "postgres", "postgres")
+            shutil.chown(self.log, "postgres", "postgres")
 
     def _run(self, *argv: str, timeout_s: float = 120) -> None:
         command = list(argv)
-        if os.geteuid() == 0:  # initdb and postgres refuse to run as root
+        if os.geteuid() == 0:
             command = ["runuser", "-u", "postgres", "--", *command]
         result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
         if result.returncode != 0:
@@ -346,23 +367,23 @@ class PostgresCluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
 
     def init(self) -> PostgresCluster:
-        self._run(str(PG_BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
+        self._run(str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
                   "--no-sync")
         return self
 
     def start(self) -> PostgresCluster:
         options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=100"
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "start")
         return self
 
     def restart(self) -> None:
         """`pg_ctl restart -m fast`: every connection is terminated, the data is kept."""
         # -l again: without it the new postmaster would write to (and hold open) our pipe.
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "restart")
+        self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-m", "fast", "-w", "restart")
 
     def stop(self) -> None:
         if (self.data / "postmaster.pid").exists():
-            self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
+            self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def destroy(self) -> None:
         try:
