@@ -19,7 +19,7 @@ from typing import Any
 import orjson
 import psycopg
 
-from workers.pipeline.normalize import NormalizedChunk
+from workers.pipeline.normalize import NormalizedChunk, NormalizedRecord
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_records (
@@ -60,6 +60,21 @@ SELECT count(*) FILTER (WHERE is_insert), count(*) FILTER (WHERE NOT is_insert) 
 _COPY_STAGE = (
     "COPY stage_records (external_id, title, content, author, url, published_at, data, content_hash) FROM STDIN"
 )
+# A re-run sends mostly records that did not change. Comparing their hashes first (an index
+# probe each) costs about a third of staging them: an unchanged row that reaches the upsert
+# still costs a COPY row, a generated tsvector, a conflict check and a row lock. A first
+# load has nothing to compare with, so a few evenly spaced keys are probed first, and when
+# none of them is stored the chunk goes straight to the upsert. Dropping rows here is only
+# an optimisation: the upsert's own WHERE still guards a record changed meanwhile (by a
+# concurrent chunk of the same run carrying the same id).
+# One correlated probe per key: an index scan on (source, external_id) whatever the
+# statistics say (`external_id = ANY(...)` turns into a sequential scan on a fresh table).
+_STORED_HASHES = (
+    "SELECT k.id, (SELECT content_hash FROM records r WHERE r.source = %s AND r.external_id = k.id)"
+    " FROM unnest(%s::text[]) AS k(id)"
+)
+_PROBES = 8
+
 _COPY_REJECTS = (
     "COPY rejected_records (run_id, source, chunk_no, line_no, external_id, reason, field, message, raw) FROM STDIN"
 )
@@ -102,6 +117,25 @@ def _strip_nul(text: str | None) -> str | None:
     return text.replace(_NUL, _REPLACEMENT) if text and _NUL in text else text
 
 
+def _stage_row(rec: NormalizedRecord) -> tuple[Any, ...]:
+    texts: tuple[str | None, ...] = (rec.external_id, rec.title, rec.content, rec.author, rec.url)
+    if _NUL in "".join(filter(None, texts)):  # rare: only then pay for per-field scrubbing
+        texts = tuple(_strip_nul(text) for text in texts)
+    return (*texts, rec.published_at, _strip_nul(_json_text(rec.data)), rec.content_hash)
+
+
+def _without_unchanged(
+    conn: psycopg.Connection, source: str, records: list[NormalizedRecord]
+) -> list[NormalizedRecord]:
+    """The records whose content hash differs from the stored one (or that are not stored)."""
+    keys = [rec.external_id.replace(_NUL, _REPLACEMENT) for rec in records]  # as stored
+    probes = keys[:: max(1, len(keys) // _PROBES)]
+    if not any(stored for _, stored in conn.execute(_STORED_HASHES, (source, probes))):
+        return records  # a first load (or new records): nothing to compare with
+    stored: dict[str, bytes | None] = dict(conn.execute(_STORED_HASHES, (source, keys)).fetchall())
+    return [rec for rec, key in zip(records, keys, strict=True) if stored[key] != rec.content_hash]
+
+
 def write_chunk(
     conn: psycopg.Connection,
     *,
@@ -131,22 +165,13 @@ def write_chunk(
         if claimed is None:
             return None
         inserted = updated = 0
-        if chunk.records:
+        changed = _without_unchanged(conn, source, chunk.records) if chunk.records else []
+        if changed:
             conn.execute(_STAGE_DDL)
             with conn.cursor().copy(_COPY_STAGE) as copy:
-                for rec in chunk.records:
-                    copy.write_row(
-                        (
-                            _strip_nul(rec.external_id),
-                            _strip_nul(rec.title),
-                            _strip_nul(rec.content),
-                            _strip_nul(rec.author),
-                            _strip_nul(rec.url),
-                            rec.published_at,
-                            _strip_nul(_json_text(rec.data)),
-                            rec.content_hash,
-                        )
-                    )
+                write_row = copy.write_row
+                for rec in changed:
+                    write_row(_stage_row(rec))
             inserted, updated = conn.execute(_UPSERT_SQL, {"source": source, "run_id": run_id}).fetchone()  # type: ignore[misc]
         if chunk.rejections:
             with conn.cursor().copy(_COPY_REJECTS) as copy:
