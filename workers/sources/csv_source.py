@@ -76,42 +76,40 @@ def _encoding(digest: ContentDigest) -> str:
     return "utf-8-sig" if digest.is_utf8 else "latin-1"
 
 
-class _LineTap:
-    """Hands the csv reader one physical line at a time and keeps the lines of the current row.
+class _RawLines:
+    """The raw text of rejected rows, read from a second handle on the same file.
 
-    The csv module never reads ahead of the row it returns, so the lines kept between two
-    rows are exactly the raw text of the row just returned, and the count of lines handed
-    out gives each row's starting line number.
+    The csv reader reads the file directly (no Python call per line), and `line_num`
+    gives each row's physical lines. Only a rejected row needs its raw text; rejections
+    come in increasing line order, so one forward pass of a second handle serves them
+    all, and a file without bad rows is read once.
     """
 
-    def __init__(self, handle: TextIO):
-        self._handle = handle
-        self._lines: list[str] = []
-        self._kept = 0
-        self.count = 0
+    def __init__(self, path: Path, encoding: str):
+        self._path = path
+        self._encoding = encoding
+        self._handle: TextIO | None = None
+        self._consumed = 0  # lines of the second handle read so far
 
-    def __iter__(self) -> _LineTap:
-        return self
+    def text(self, first: int, last: int) -> str:
+        """Physical lines first..last (1-based), capped, without the final line break."""
+        if self._handle is None:
+            self._handle = self._path.open("r", encoding=self._encoding, newline="")
+        kept: list[str] = []
+        size = 0
+        for line in self._handle:
+            self._consumed += 1
+            if self._consumed >= first and size < RAW_TEXT_LIMIT:
+                kept.append(line)
+                size += len(line)
+            if self._consumed >= last:
+                break
+        text = "".join(kept)
+        return text[:RAW_TEXT_LIMIT] + "...[truncated]" if size > RAW_TEXT_LIMIT else text.rstrip("\r\n")
 
-    def __next__(self) -> str:
-        line = next(self._handle)
-        self.count += 1
-        if self._kept < RAW_TEXT_LIMIT:
-            self._lines.append(line)
-            self._kept += len(line)
-        return line
-
-    def take(self) -> str:
-        """The raw text of the row just read, without its final line break."""
-        text = "".join(self._lines)
-        truncated = self._kept > RAW_TEXT_LIMIT
-        self.drop()
-        return text[:RAW_TEXT_LIMIT] + "...[truncated]" if truncated else text.rstrip("\r\n")
-
-    def drop(self) -> None:
-        """Forget the row just read (a good row needs no raw text: joining it would be wasted work)."""
-        self._lines.clear()
-        self._kept = 0
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
 
 
 class CsvRows:
@@ -125,9 +123,9 @@ class CsvRows:
         self.where = where
         self._temp = temp
         self._handle: TextIO = path.open("r", encoding=encoding, newline="")
+        self._raw = _RawLines(path, encoding)
         try:
-            self._tap = _LineTap(self._handle)
-            self._reader = csv.reader(self._tap, delimiter=delimiter)
+            self._reader = csv.reader(self._handle, delimiter=delimiter)
             self.header = self._read_header()
         except BaseException:
             self._handle.close()
@@ -136,13 +134,12 @@ class CsvRows:
     def _read_header(self) -> list[str]:
         try:
             for row in self._reader:
-                self._tap.drop()
                 if not row:
                     continue  # leading blank lines
                 if any("\x00" in name for name in row):
                     raise PermanentError(f"{self.where}: CSV header row contains a NUL byte")
                 if all(not name.strip() for name in row):
-                    raise PermanentError(f"{self.where}: CSV header row (line {self._tap.count}) is empty")
+                    raise PermanentError(f"{self.where}: CSV header row (line {self._reader.line_num}) is empty")
                 duplicates = sorted({name for name in row if row.count(name) > 1})
                 if duplicates:
                     raise PermanentError(f"{self.where}: duplicate column name(s) in CSV header: {duplicates}")
@@ -155,6 +152,7 @@ class CsvRows:
 
     def close(self) -> None:
         self._handle.close()
+        self._raw.close()
         if self._temp is not None:
             self._temp.unlink(missing_ok=True)
 
@@ -164,30 +162,29 @@ class CsvRows:
         return generator
 
     def _rows(self) -> Iterator[RawItem]:
-        width = len(self.header)
+        header, width, reader, raw = self.header, len(self.header), self._reader, self._raw.text
         try:
             while True:
-                start = self._tap.count + 1
+                start = reader.line_num + 1
                 try:
-                    row = next(self._reader)
+                    row = next(reader)
                 except StopIteration:
                     return
                 except csv.Error as exc:
-                    yield RawItem(
-                        record=None, line=start, error=f"unparsable CSV row: {exc}", raw_text=self._tap.take()
-                    )
+                    error = f"unparsable CSV row: {exc}"
+                    yield RawItem(record=None, line=start, error=error, raw_text=raw(start, reader.line_num))
                     continue
                 except UnicodeDecodeError:
                     raise PermanentError(f"{self.where}: file changed while being read (no longer UTF-8)") from None
-                if len(row) == width and not any("\x00" in value for value in row):
-                    self._tap.drop()
-                    yield RawItem(record=dict(zip(self.header, row, strict=True)), line=start)
+                if len(row) == width and "\x00" not in "".join(row):
+                    yield RawItem(dict(zip(header, row, strict=True)), start)
                 elif not row:
-                    self._tap.drop()  # blank line
+                    continue  # blank line
                 elif len(row) != width:
                     error = f"expected {width} fields as in the header, found {len(row)}"
-                    yield RawItem(record=None, line=start, error=error, raw_text=self._tap.take())
+                    yield RawItem(record=None, line=start, error=error, raw_text=raw(start, reader.line_num))
                 else:  # checked on the fields, not the raw text, which may be truncated
-                    yield RawItem(record=None, line=start, error="row contains a NUL byte", raw_text=self._tap.take())
+                    error = "row contains a NUL byte"
+                    yield RawItem(record=None, line=start, error=error, raw_text=raw(start, reader.line_num))
         finally:
             self.close()
