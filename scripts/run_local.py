@@ -100,7 +100,11 @@ def main() -> None:
         "flower": [python, "-m", "celery", "-A", "workers", "flower", f"--port={FLOWER_PORT}", "--address=127.0.0.1"],
     }
     envs = {"flower": flower_env()}
-    processes = {name: subprocess.Popen(cmd, cwd=ROOT, env=envs.get(name)) for name, cmd in commands.items()}  # noqa: S603
+
+    def start(name: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(commands[name], cwd=ROOT, env=envs.get(name))  # noqa: S603
+
+    processes = {name: start(name) for name in commands}
     print(f"\nAPI http://127.0.0.1:{API_PORT}/docs  console http://127.0.0.1:{API_PORT}/  "
           f"Flower http://127.0.0.1:{FLOWER_PORT}/   Ctrl-C stops everything\n")
     stopping = False
@@ -128,10 +132,15 @@ def main() -> None:
     try:
         time.sleep(3)
         subprocess.run([python, "-m", "app.cli", "run", "--wait", "--timeout", "600"], cwd=ROOT)  # noqa: S603
-        while all(proc.poll() is None for proc in processes.values()):
+        while True:
+            # A supervisor's job: Celery 5.7's worker exits when Redis restarts under it
+            # (docs/operations.md); bring any process that died back, as compose does.
+            for name, proc in processes.items():
+                if proc.poll() is not None and not stopping:
+                    print(f"{name} exited with {proc.returncode}; restarting it", file=sys.stderr)
+                    time.sleep(2)
+                    processes[name] = start(name)
             time.sleep(1)
-        dead = [name for name, proc in processes.items() if proc.poll() is not None]
-        print(f"{', '.join(dead)} exited; stopping the rest", file=sys.stderr)
     except KeyboardInterrupt:
         stop(interrupted=True)
     finally:

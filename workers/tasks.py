@@ -5,6 +5,7 @@ from __future__ import annotations
 import psycopg
 import structlog
 from celery import Task
+from kombu.exceptions import OperationalError as BrokerError
 
 from app.enqueue import enqueue_fetch
 from app.runs import ActiveRunExists, SourcePaused, create_run
@@ -47,6 +48,12 @@ def fetch_source(self: Task, run_id: int) -> dict[str, object] | None:
         db.reset()
         log.warning("fetch_retry", error=str(exc))
         raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries)) from None
+    except BrokerError as exc:
+        # The broker went away while chunks were being handed on. Stored chunks are safe
+        # in PostgreSQL; the reconciler re-drives this fetch once its heartbeat is older
+        # than TASK_TIMEOUT_S, and the re-driven fetch re-sends what is not committed.
+        log.warning("fetch_broker_unavailable", error=str(exc))
+        return None
     except Exception as exc:  # a bug or an unexpected upstream shape: fail visibly, do not loop
         log.exception("fetch_crashed")
         fail_run(db.connection(), run_id, f"fetch crashed: {type(exc).__name__}: {exc}")

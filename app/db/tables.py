@@ -97,6 +97,8 @@ chunk_ledger = Table(
     Column("unchanged", Integer, nullable=False),
     Column("rejected", Integer, nullable=False),
     Column("max_incremental", JSONB),
+    Column("observed_fields", JSONB),
+    Column("duration_ms", Integer),
     Column("committed_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -181,5 +183,6 @@ webhook_deliveries = Table(
     Column("source", Text, primary_key=True),
     Column("webhook_id", String(200), primary_key=True),
     Column("run_id", BigInteger),
+    Column("accepted", Integer, nullable=False),
     Column("received_at", DateTime(timezone=True), nullable=False),
 )

@@ -22,11 +22,17 @@ class ChunkOutcome:
 
 
 def start_attempt(conn: psycopg.Connection, run_id: int, chunk_no: int, max_attempts: int) -> bool:
-    """Count a delivery of this chunk; fail the run and return False past the limit."""
+    """Count a delivery of this chunk; fail the run and return False past the limit.
+
+    A copy of a chunk that already committed (a redelivery, or a re-drive of a chunk that
+    was only waiting in a long queue) is not an attempt: it returns False uncounted.
+    """
     with conn.transaction():
         row = conn.execute(
-            "UPDATE raw_chunks SET attempts = attempts + 1, enqueued_at = now()"
-            " WHERE run_id = %s AND chunk_no = %s RETURNING attempts, last_error",
+            "UPDATE raw_chunks c SET attempts = attempts + 1, enqueued_at = now()"
+            " WHERE run_id = %s AND chunk_no = %s AND NOT EXISTS"
+            " (SELECT 1 FROM chunk_ledger l WHERE l.run_id = c.run_id AND l.chunk_no = c.chunk_no)"
+            " RETURNING attempts, last_error",
             (run_id, chunk_no),
         ).fetchone()
     if row is None:
