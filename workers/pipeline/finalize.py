@@ -25,6 +25,12 @@ SELECT count(*) AS chunks,
 FROM chunk_ledger WHERE run_id = %s
 """
 
+_LOOKS_COMPLETE = """
+SELECT r.chunks_total IS NOT NULL AND r.status IN ('queued', 'running')
+       AND (SELECT count(*) FROM chunk_ledger l WHERE l.run_id = r.id) >= r.chunks_total
+FROM runs r WHERE r.id = %s
+"""
+
 _SET_COUNTS = """
 UPDATE runs SET status = %(status)s, finished_at = now(), error = %(error)s,
        fetched = %(fetched)s, inserted = %(inserted)s, updated = %(updated)s,
@@ -59,7 +65,16 @@ def _ledger_totals(conn: psycopg.Connection, run_id: int) -> dict[str, Any]:
 
 
 def finalize_run(conn: psycopg.Connection, run_id: int) -> str | None:
-    """Finish the run if every chunk is committed; return the new status, or None."""
+    """Finish the run if every chunk is committed; return the new status, or None.
+
+    It runs after every chunk, so it first looks without locking: the run's row lock waits
+    for every chunk still in flight, and a chunk that is not the last must not queue
+    behind the others. The last chunk to commit always sees every chunk committed here.
+    """
+    with conn.transaction():
+        looks_complete = conn.execute(_LOOKS_COMPLETE, (run_id,)).fetchone()
+    if not (looks_complete and looks_complete[0]):
+        return None
     with conn.transaction():
         run = _lock_active_run(conn, run_id)
         if run is None or run["chunks_total"] is None:

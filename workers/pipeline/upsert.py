@@ -150,10 +150,11 @@ def write_chunk(
     run is no longer active (failed runs take no more data). `started` (time.monotonic()
     when the chunk's task began) gives the ledger's duration_ms."""
     with conn.transaction():
-        # FOR SHARE: chunks commit concurrently, but finalize/fail (FOR UPDATE) wait for
+        # FOR KEY SHARE: chunks commit concurrently, and the fetch stage's heartbeat (an UPDATE
+        # of non-key columns) does not wait for them, but finalize/fail (FOR UPDATE) wait for
         # in-flight chunks, so a run's counts always equal the sum of its ledger.
         active = conn.execute(
-            "SELECT 1 FROM runs WHERE id = %s AND status = 'running' FOR SHARE", (run_id,)
+            "SELECT 1 FROM runs WHERE id = %s AND status = 'running' FOR KEY SHARE", (run_id,)
         ).fetchone()
         if active is None:
             return None
