@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 import orjson
@@ -34,9 +34,19 @@ RECORD_COLUMNS = (
 
 
 def _utc(value: datetime | None) -> datetime | None:
-    """Naive timestamps are taken as UTC."""
-    if value is not None and value.tzinfo is None:
+    """Naive timestamps are taken as UTC. An instant outside what a datetime can hold in UTC
+    (0001-01-01T00:00+01:00 is in year 0) is clamped to the nearest end of that range: it is
+    before (or after) every record, so the filter means the same, and the driver can send it."""
+    if value is None:
+        return None
+    if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
+    try:
+        value.astimezone(UTC)
+    except OverflowError:
+        offset = value.utcoffset()
+        ahead_of_utc = offset is not None and offset > timedelta(0)
+        return (datetime.min if ahead_of_utc else datetime.max).replace(tzinfo=UTC)
     return value
 
 

@@ -40,7 +40,7 @@ class WebhookAccepted(BaseModel):
         "requestBody": {
             "required": True,
             "content": {"application/json": {"schema": {"oneOf": [
-                {"type": "object"}, {"type": "array", "items": {"type": "object"}}]}}},
+                {"type": "object"}, {"type": "array", "items": {"type": "object"}, "minItems": 1}]}}},
         }
     },
 )
