@@ -85,7 +85,7 @@ class WorkerProcess:
         self.env = {**os.environ, **(extra_env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> "WorkerProcess":
+    def start(self) -> WorkerProcess:
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "workers", "worker", "-l", "INFO",
@@ -121,7 +121,7 @@ class WorkerProcess:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def restart(self) -> "WorkerProcess":
+    def restart(self) -> WorkerProcess:
         self.stop()
         return self.start()
 
