@@ -170,10 +170,20 @@ class RunResult:
     run: dict[str, Any]
     peak_worker_mib: float | None = None
     worker_peaks_mib: dict[int, float] = field(default_factory=dict)
+    worker_cpu_s: float | None = None
+    postgres_cpu_s: float | None = None
 
 
-def timed_run(client: httpx.Client, source: str, *, timeout_s: float = 1800) -> RunResult:
+def timed_run(client: httpx.Client, source: str, workers: Workers, *, timeout_s: float = 1800) -> RunResult:
     """POST /runs for one source; the time until GET /runs/{id} reports it finished."""
+    assert workers.proc is not None
+    with stack.CpuMeter(workers.proc.pid, DB_URL, ARGS.database) as cpu:
+        result = _timed_run(client, source, timeout_s)
+    result.worker_cpu_s, result.postgres_cpu_s = cpu.worker_s, cpu.postgres_s
+    return result
+
+
+def _timed_run(client: httpx.Client, source: str, timeout_s: float) -> RunResult:
     started = time.perf_counter()
     response = client.post("/runs", json={"sources": [source]}, headers={"X-API-Key": API_KEY})
     response.raise_for_status()
@@ -238,7 +248,7 @@ def first_load(client: httpx.Client, workers: Workers, source: str) -> RunResult
     proc = workers.restart()
     stack.checkpoint(DB_URL)
     with stack.MemorySampler(proc.pid) as memory, profiled(workers, f"first-{source}"):
-        result = timed_run(client, source)
+        result = timed_run(client, source, workers)
     result.peak_worker_mib = memory.max_mib
     result.worker_peaks_mib = memory.children_mib
     return result
@@ -247,13 +257,13 @@ def first_load(client: httpx.Client, workers: Workers, source: str) -> RunResult
 @contextmanager
 def profiled(workers: Workers, name: str) -> Iterator[None]:
     """With --profile: py-spy over the worker and its pool children (`pip install py-spy`),
-    collapsed stacks with idle time (waiting on PostgreSQL) in bench-out/profile-<name>.txt."""
+    collapsed stacks of CPU time in bench-out/profile-<name>.txt."""
     if not ARGS.profile or workers.proc is None:
         yield
         return
     target = OUT / f"profile-{name}-{ARGS.rows}.txt"
     spy = subprocess.Popen(  # noqa: S603
-        [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses", "--idle",
+        [str(Path(sys.executable).with_name("py-spy")), "record", "--subprocesses",
          "--pid", str(workers.proc.pid), "--rate", "100", "--format", "raw", "--output", str(target)],
         stdout=(LOGS / "py-spy.log").open("ab"), stderr=subprocess.STDOUT,
     )
@@ -327,6 +337,10 @@ def median(values: list[float]) -> float:
     return statistics.median(values)
 
 
+def cpu(result: RunResult) -> str:
+    return f"CPU: workers {result.worker_cpu_s:.1f} s, PostgreSQL backends {result.postgres_cpu_s:.1f} s"
+
+
 def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) -> dict[str, Any]:
     rows, changed = ARGS.rows, files["changed_count"]
     steps: dict[str, list[Any]] = {"reference": [], "first": [], "unchanged": [], "changed": [], "json": []}
@@ -341,11 +355,11 @@ def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) 
         first = first_load(client, workers, "bench_csv")
         assert first.run["counts"]["inserted"] == rows, first.run
         steps["first"].append(first)
-        log(f"  first load: {first.seconds:.2f} s, worker peak {first.peak_worker_mib:.0f} MiB "
+        log(f"  first load: {first.seconds:.2f} s ({cpu(first)}), worker peak {first.peak_worker_mib:.0f} MiB "
             f"(per process: {first.worker_peaks_mib})")
 
         stack.checkpoint(DB_URL)
-        unchanged = timed_run(client, "bench_csv")
+        unchanged = timed_run(client, "bench_csv", workers)
         assert unchanged.run["counts"]["fetched"] == 0, f"unchanged file was parsed: {unchanged.run}"
         steps["unchanged"].append(unchanged)
         log(f"  unchanged re-run: {unchanged.seconds:.3f} s")
@@ -353,17 +367,17 @@ def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) 
         point(files["current"], files["changed"])
         stack.checkpoint(DB_URL)
         with profiled(workers, "changed"):
-            changed_run = timed_run(client, "bench_csv")
+            changed_run = timed_run(client, "bench_csv", workers)
         counts = changed_run.run["counts"]
         assert counts["updated"] == changed and counts["inserted"] == 0, changed_run.run
         steps["changed"].append(changed_run)
-        log(f"  1%-changed re-run: {changed_run.seconds:.2f} s, counts {counts}")
+        log(f"  1%-changed re-run: {changed_run.seconds:.2f} s ({cpu(changed_run)}), counts {counts}")
 
         stack.checkpoint(DB_URL)
-        json_run = timed_run(client, "bench_api")
+        json_run = timed_run(client, "bench_api", workers)
         assert json_run.run["counts"]["inserted"] == ARGS.json_records, json_run.run
         steps["json"].append(json_run)
-        log(f"  JSON API load: {json_run.seconds:.2f} s")
+        log(f"  JSON API load: {json_run.seconds:.2f} s ({cpu(json_run)})")
     return {
         "reference_s": median(steps["reference"]),
         "first_s": median([r.seconds for r in steps["first"]]),
@@ -371,6 +385,11 @@ def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) 
         "changed_s": median([r.seconds for r in steps["changed"]]),
         "json_s": median([r.seconds for r in steps["json"]]),
         "peak_1m_mib": max(r.peak_worker_mib for r in steps["first"]),
+        "cpu_s": {
+            name: {"workers": median([r.worker_cpu_s for r in steps[name]]),
+                   "postgres": median([r.postgres_cpu_s for r in steps[name]])}
+            for name in ("first", "unchanged", "changed", "json")
+        },
         "changed_counts": steps["changed"][-1].run["counts"],
         "unchanged_counts": steps["unchanged"][-1].run["counts"],
         "all": {name: [r if isinstance(r, float) else r.seconds for r in values] for name, values in steps.items()},

@@ -83,6 +83,8 @@ def render(results: dict[str, Any], *, command: str) -> str:
         "",
         f"- throughput: CSV {rows / first:,.0f} records/s; JSON API {json_records / json_s:,.0f} records/s "
         f"(reference `\\copy` {rows / ref:,.0f} rows/s)",
+        "- CPU seconds spent (median), worker processes / this database's PostgreSQL backends: "
+        + "; ".join(f"{name} {c['workers']:.1f} / {c['postgres']:.1f}" for name, c in results["cpu_s"].items()),
         f"- unchanged re-run counts: {results['unchanged_counts']} (recognised by file hash before parsing)",
         f"- 1%-changed re-run counts: {results['changed_counts']}",
         f"- worker peak RSS (largest single worker process, VmHWM): {peak_small:.0f} MiB at 100,000 rows, "

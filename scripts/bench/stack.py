@@ -227,3 +227,61 @@ class MemorySampler:
     @property
     def children_mib(self) -> dict[int, float]:
         return {pid: kib / 1024 for pid, kib in sorted(self.peaks_kib.items())}
+
+
+# --- CPU --------------------------------------------------------------------------------
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU of one process so far, from /proc/<pid>/stat."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            fields = handle.read().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICKS  # utime, stime (fields 14 and 15 of stat)
+
+
+def database_backends(url: str, database: str) -> list[int]:
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = %s AND pid <> pg_backend_pid()", (database,)
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent by the worker processes and by this database's PostgreSQL backends
+    during a step: where the time of a run goes, whatever else runs on the machine."""
+
+    worker_pid: int
+    url: str
+    database: str
+    start: dict[tuple[str, int], float] = field(default_factory=dict)
+    worker_s: float = 0.0
+    postgres_s: float = 0.0
+
+    def _snapshot(self) -> dict[tuple[str, int], float]:
+        found: dict[tuple[str, int], float] = {}
+        for kind, pids in (("worker", descendants(self.worker_pid)),
+                           ("postgres", database_backends(self.url, self.database))):
+            for pid in pids:
+                seconds = cpu_seconds(pid)
+                if seconds is not None:
+                    found[(kind, pid)] = seconds
+        return found
+
+    def __enter__(self) -> CpuMeter:
+        self.start = self._snapshot()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for (kind, pid), seconds in self._snapshot().items():
+            spent = seconds - self.start.get((kind, pid), 0.0)
+            if kind == "worker":
+                self.worker_s += spent
+            else:
+                self.postgres_s += spent
