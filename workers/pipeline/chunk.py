@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 import psycopg
 
 from app.sources_config import SourceConfig
 from workers.pipeline.drift import load_known
 from workers.pipeline.finalize import fail_run, finalize_run
+from workers.pipeline.gc_pause import paused_gc
 from workers.pipeline.normalize import Normalizer
 from workers.pipeline.raw import load_chunk
 from workers.pipeline.upsert import ChunkCounts, write_chunk
@@ -55,18 +58,41 @@ def record_failure(conn: psycopg.Connection, run_id: int, chunk_no: int, error: 
 def normalize_and_upsert(conn: psycopg.Connection, run_id: int, chunk_no: int) -> ChunkOutcome:
     """Process one chunk exactly once, however often it is delivered."""
     started = time.monotonic()
-    row = conn.execute("SELECT source, config FROM runs WHERE id = %s", (run_id,)).fetchone()
-    items = load_chunk(conn, run_id=run_id, chunk_no=chunk_no)
-    conn.commit()
-    if row is None or items is None:
-        return ChunkOutcome(counts=None, run_status=None)
-    source_name, config = row
-    source = SourceConfig(**config)
-    known = load_known(conn, source_name) if source.on_drift == "reject" else None
-    conn.commit()
-    normalized = Normalizer(source, known).normalize_chunk(items)
-    counts = write_chunk(
-        conn, run_id=run_id, chunk_no=chunk_no, source=source_name, fetched=len(items), chunk=normalized,
-        started=started,
-    )
+    with paused_gc():
+        row = conn.execute("SELECT source, config FROM runs WHERE id = %s", (run_id,)).fetchone()
+        items = load_chunk(conn, run_id=run_id, chunk_no=chunk_no)
+        conn.commit()
+        if row is None or items is None:
+            return ChunkOutcome(counts=None, run_status=None)
+        source_name, config = row
+        normalized = _normalizer(conn, run_id, source_name, config).normalize_chunk(items)
+        counts = write_chunk(
+            conn, run_id=run_id, chunk_no=chunk_no, source=source_name, fetched=len(items), chunk=normalized,
+            started=started,
+        )
+        del items, normalized
     return ChunkOutcome(counts=counts, run_status=finalize_run(conn, run_id) if counts else None)
+
+
+# The Normalizers of the runs this process worked on last. A run's config never changes:
+# building its Normalizer once per run, not once per chunk, saves a validation and the
+# compilation. Keyed by the config as well as the run id, because ids restart after a
+# reset. With on_drift = "reject" the known schema is read for every chunk, as before.
+_NORMALIZERS: dict[tuple[int, bytes], Normalizer] = {}
+_NORMALIZERS_KEPT = 4
+
+
+def _normalizer(conn: psycopg.Connection, run_id: int, source_name: str, config: dict[str, Any]) -> Normalizer:
+    key = (run_id, orjson.dumps(config, option=orjson.OPT_SORT_KEYS))
+    normalizer = _NORMALIZERS.get(key)
+    if normalizer is not None:
+        return normalizer
+    source = SourceConfig(**config)
+    if source.on_drift == "reject":
+        known = load_known(conn, source_name)
+        conn.commit()
+        return Normalizer(source, known)
+    normalizer = _NORMALIZERS[key] = Normalizer(source)
+    while len(_NORMALIZERS) > _NORMALIZERS_KEPT:
+        del _NORMALIZERS[next(iter(_NORMALIZERS))]  # the oldest
+    return normalizer

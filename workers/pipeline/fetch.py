@@ -6,6 +6,7 @@ buffer of `chunk_size`, which is stored and handed on before the next one fills.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +18,7 @@ from psycopg.rows import dict_row
 
 from app.sources_config import SourceConfig
 from workers.pipeline.finalize import fail_run, finalize_run
+from workers.pipeline.gc_pause import paused_gc
 from workers.pipeline.incremental import is_after
 from workers.pipeline.raw import encode_item, store_chunk
 from workers.sources.base import FetchState, SourceError, dotted_get
@@ -110,16 +112,18 @@ def _store_and_fan_out(
         conn.commit()
         chunk_no += 1
         buffer = []
+        gc.collect(1)  # the collector is paused below: clear anything cyclic once per chunk
 
-    for item in items:
-        if incremental and item.record is not None and state.checkpoint is not None:
-            if not is_after(dotted_get(item.record, incremental), state.checkpoint):
-                continue  # at or before the checkpoint: already committed by an earlier run
-        buffer.append(encode_item(item))
-        if len(buffer) >= source.chunk_size:
+    with paused_gc():
+        for item in items:
+            if incremental and item.record is not None and state.checkpoint is not None:
+                if not is_after(dotted_get(item.record, incremental), state.checkpoint):
+                    continue  # at or before the checkpoint: already committed by an earlier run
+            buffer.append(encode_item(item))
+            if len(buffer) >= source.chunk_size:
+                flush()
+        if buffer:
             flush()
-    if buffer:
-        flush()
     return chunk_no
 
 
