@@ -8,6 +8,7 @@ same id appears twice in one chunk) superseded by its later copy and counted unc
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -93,6 +94,7 @@ class Normalizer:
             if all(_is_flat(name) for name in source.types)
             else None
         )
+        self._fast = self._compile_fast_path()
 
     def normalize_chunk(self, items: list[RawItem]) -> NormalizedChunk:
         """Normalize a chunk: de-duplicated by external id (last wins) and sorted by it."""
@@ -102,9 +104,12 @@ class Normalizer:
         shapes: dict[Signature, str | None] = {}  # distinct record shapes -> misfit field
         # (keys, value types) -> signature: two C-built tuples per record instead of a generator
         signatures: dict[tuple[tuple[str, ...], tuple[type, ...]], Signature] = {}
+        fast = self._fast
         for item in items:
             try:
-                record = self.normalize_item(item)
+                record = fast(item.record) if fast is not None else None
+                if record is None:  # not the common case (or a rejection): the general path decides
+                    record = self.normalize_item(item)
                 data = record.data
                 layout = (tuple(data), tuple(map(type, data.values())))
                 shape = signatures.get(layout)
@@ -131,6 +136,60 @@ class Normalizer:
         chunk.records = [by_id[key] for key in sorted(by_id)]
         chunk.observed = observed_fields(shapes)
         return chunk
+
+    def _compile_fast_path(self) -> Callable[[Any], NormalizedRecord | None] | None:
+        """normalize_item for the common configuration (every path a top-level key), as one
+        closure with everything bound: None for anything unusual (an empty or non-scalar id,
+        a value that does not coerce, a date that does not parse), which normalize_item then
+        handles, or rejects with its reason. Same result either way; tested against it."""
+        if self._id_key is None or self._flat_types is None or not all(flat for _, _, flat in self._unified):
+            return None
+        id_key, types = self._id_key, self._flat_types
+        paths = [self.mapping[name] for name in ("title", "content", "author", "url", "published_at")]
+        sha256, dumps, options = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+        def normalize(record: Any) -> NormalizedRecord | None:
+            if type(record) is not dict:
+                return None
+            identity = record.get(id_key)
+            if type(identity) is str:
+                if not identity or identity.isspace():
+                    return None
+                external_id = identity
+            elif type(identity) is int:
+                external_id = str(identity)
+            else:
+                return None
+            if types:
+                data = dict(record)
+                try:
+                    for key, coerce_or_none in types:
+                        if key in data:
+                            data[key] = coerce_or_none(data[key])
+                except CoercionError:
+                    return None
+            else:
+                data = record
+            title, content, author, url, published = map(data.get, paths)
+            published_at = None
+            if published is not None and not (type(published) is str and (not published or published.isspace())):
+                try:
+                    published_at = to_datetime(published)
+                except CoercionError:
+                    return None
+            if title is not None and type(title) is not str:
+                title = _as_text(title)
+            if content is not None and type(content) is not str:
+                content = _as_text(content)
+            if author is not None and type(author) is not str:
+                author = _as_text(author)
+            if url is not None and type(url) is not str:
+                url = _as_text(url)
+            texts = {"title": title, "content": content, "author": author, "url": url}
+            digest = sha256(dumps([texts, published_at, data], option=options)).digest()
+            return NormalizedRecord(external_id, title, content, author, url, published_at, data, digest)
+
+        return normalize
 
     def normalize_item(self, item: RawItem) -> NormalizedRecord:
         record = item.record
