@@ -171,6 +171,7 @@ class RunResult:
     peak_worker_mib: float | None = None
     worker_peaks_mib: dict[int, float] = field(default_factory=dict)
     worker_cpu_s: float | None = None
+    worker_parent_cpu_s: float | None = None
     postgres_cpu_s: float | None = None
 
 
@@ -180,6 +181,7 @@ def timed_run(client: httpx.Client, source: str, workers: Workers, *, timeout_s:
     with stack.CpuMeter(workers.proc.pid, DB_URL, ARGS.database) as cpu:
         result = _timed_run(client, source, timeout_s)
     result.worker_cpu_s, result.postgres_cpu_s = cpu.worker_s, cpu.postgres_s
+    result.worker_parent_cpu_s = cpu.worker_parent_s
     return result
 
 
@@ -338,7 +340,8 @@ def median(values: list[float]) -> float:
 
 
 def cpu(result: RunResult) -> str:
-    return f"CPU: workers {result.worker_cpu_s:.1f} s, PostgreSQL backends {result.postgres_cpu_s:.1f} s"
+    return (f"CPU: workers {result.worker_cpu_s:.1f} s (of which the Celery main process "
+            f"{result.worker_parent_cpu_s:.1f} s), PostgreSQL backends {result.postgres_cpu_s:.1f} s")
 
 
 def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) -> dict[str, Any]:

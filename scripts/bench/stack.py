@@ -262,6 +262,7 @@ class CpuMeter:
     database: str
     start: dict[tuple[str, int], float] = field(default_factory=dict)
     worker_s: float = 0.0
+    worker_parent_s: float = 0.0  # the Celery main process (consumer, pool dispatch, events)
     postgres_s: float = 0.0
 
     def _snapshot(self) -> dict[tuple[str, int], float]:
@@ -283,5 +284,7 @@ class CpuMeter:
             spent = seconds - self.start.get((kind, pid), 0.0)
             if kind == "worker":
                 self.worker_s += spent
+                if pid == self.worker_pid:
+                    self.worker_parent_s += spent
             else:
                 self.postgres_s += spent
