@@ -87,6 +87,13 @@ _STORED_HASHES = (
     " FROM unnest(%s::text[]) AS k(id)"
 )
 _PROBES = 8
+# The comparison itself happens in PostgreSQL: the chunk's hashes travel as one bytea (32
+# bytes each, in key order) and only the positions of the records that differ come back.
+_CHANGED_POSITIONS = """
+SELECT k.n FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS k(id, n)
+WHERE substring(%(hashes)s::bytea FROM (k.n::int - 1) * 32 + 1 FOR 32)
+      IS DISTINCT FROM (SELECT content_hash FROM records r WHERE r.source = %(source)s AND r.external_id = k.id)
+"""
 
 _COPY_REJECTS = (
     "COPY rejected_records (run_id, source, chunk_no, line_no, external_id, reason, field, message, raw) FROM STDIN"
@@ -151,8 +158,10 @@ def _without_unchanged(
     probes = keys[:: max(1, len(keys) // _PROBES)]
     if not any(stored for _, stored in conn.execute(_STORED_HASHES, (source, probes))):
         return records, True  # a first load (or new records): nothing to compare with
-    stored: dict[str, bytes | None] = dict(conn.execute(_STORED_HASHES, (source, keys)).fetchall())
-    return [rec for rec, key in zip(records, keys, strict=True) if stored[key] != rec.content_hash], False
+    hashes = b"".join(rec.content_hash for rec in records)
+    assert len(hashes) == 32 * len(records)  # SHA-256 digests
+    changed = conn.execute(_CHANGED_POSITIONS, {"source": source, "keys": keys, "hashes": hashes})
+    return [records[n - 1] for (n,) in changed], False
 
 
 def _write_staged(conn: psycopg.Connection, *, source: str, run_id: int, look_new: bool) -> tuple[int, int]:
