@@ -5,9 +5,11 @@ chunk either finds it committed (and does nothing) or waits on the first deliver
 unique-index entry and then finds it. So a chunk that runs twice changes nothing the
 second time.
 
-Rows travel by COPY into a temporary table, then one INSERT ... SELECT ... ON CONFLICT
-whose WHERE clause skips rows whose content hash did not change: unchanged records cost
-no write and no index churn. `xmax = 0` in RETURNING tells inserts from updates.
+Records whose stored content hash is the same are dropped first (one query per chunk):
+unchanged records cost no write and no index churn. The rest travel by COPY: straight
+into records when the chunk's keys look new (a first load), else into a temporary table,
+then one INSERT ... SELECT ... ON CONFLICT whose WHERE clause still skips rows whose hash
+did not change; `xmax = 0` in RETURNING tells inserts from updates.
 """
 
 from __future__ import annotations
@@ -57,17 +59,16 @@ WITH written AS (
 SELECT count(*) FILTER (WHERE is_insert), count(*) FILTER (WHERE NOT is_insert) FROM written
 """
 
-# A chunk whose keys look new (see _STORED_HASHES) first tries a plain INSERT: the
-# speculative insertion of ON CONFLICT costs about a quarter more PostgreSQL CPU per row.
-# If any key exists after all (stored meanwhile by a concurrent chunk with the same id),
-# the unique index refuses the whole statement, its savepoint is rolled back, and the
-# chunk takes the upsert: the outcome is the same, only slower.
-_INSERT_NEW_SQL = """
-INSERT INTO records (source, external_id, title, content, author, url, published_at, data, content_hash, last_run_id)
-SELECT %(source)s, external_id, title, content, author, url, published_at, data, content_hash, %(run_id)s
-FROM stage_records
-ORDER BY external_id
-"""
+# A chunk whose keys look new (see _STORED_HASHES) is first copied straight into records,
+# as the reference load would: no staging table, and no speculative insertion (ON
+# CONFLICT costs about a quarter more PostgreSQL CPU per row). If any key exists after all
+# (stored meanwhile by a concurrent chunk with the same id), the unique index refuses the
+# COPY, its savepoint is rolled back, and the chunk takes the staged upsert: the outcome
+# is the same, only slower.
+_COPY_RECORDS = (
+    "COPY records (source, external_id, title, content, author, url, published_at, data, content_hash,"
+    " last_run_id) FROM STDIN"
+)
 
 _COPY_STAGE = (
     "COPY stage_records (external_id, title, content, author, url, published_at, data, content_hash) FROM STDIN"
@@ -164,17 +165,26 @@ def _without_unchanged(
     return [records[n - 1] for (n,) in changed], False
 
 
-def _write_staged(conn: psycopg.Connection, *, source: str, run_id: int, look_new: bool) -> tuple[int, int]:
-    """Move the staged rows into records; (inserted, updated)."""
-    params = {"source": source, "run_id": run_id}
+def _write_records(
+    conn: psycopg.Connection, *, source: str, run_id: int, records: list[NormalizedRecord], look_new: bool
+) -> tuple[int, int]:
+    """Write the records (sorted by key: concurrent chunks take index locks in one order);
+    (inserted, updated)."""
     if look_new:
         try:
-            with conn.transaction():  # a savepoint: a refused INSERT leaves the chunk's transaction usable
-                inserted = conn.execute(_INSERT_NEW_SQL, params).rowcount
-            return inserted, 0
+            with conn.transaction(), conn.cursor().copy(_COPY_RECORDS) as copy:  # a savepoint
+                write_row = copy.write_row
+                for rec in records:
+                    write_row((source, *_stage_row(rec), run_id))
+            return len(records), 0
         except psycopg.errors.UniqueViolation:
             pass  # some key is stored after all: the upsert sorts it out
-    inserted, updated = conn.execute(_UPSERT_SQL, params).fetchone()  # type: ignore[misc]
+    conn.execute(_STAGE_DDL)
+    with conn.cursor().copy(_COPY_STAGE) as copy:
+        write_row = copy.write_row
+        for rec in records:
+            write_row(_stage_row(rec))
+    inserted, updated = conn.execute(_UPSERT_SQL, {"source": source, "run_id": run_id}).fetchone()  # type: ignore[misc]
     return inserted, updated
 
 
@@ -210,12 +220,7 @@ def write_chunk(
         inserted = updated = 0
         changed, look_new = _without_unchanged(conn, source, chunk.records) if chunk.records else ([], False)
         if changed:
-            conn.execute(_STAGE_DDL)
-            with conn.cursor().copy(_COPY_STAGE) as copy:
-                write_row = copy.write_row
-                for rec in changed:
-                    write_row(_stage_row(rec))
-            inserted, updated = _write_staged(conn, source=source, run_id=run_id, look_new=look_new)
+            inserted, updated = _write_records(conn, source=source, run_id=run_id, records=changed, look_new=look_new)
         if chunk.rejections:
             with conn.cursor().copy(_COPY_REJECTS) as copy:
                 for rej in chunk.rejections:
