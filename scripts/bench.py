@@ -459,7 +459,7 @@ def main() -> None:
     text = report.render(results, command=" ".join(["python", "scripts/bench.py", *sys.argv[1:]]))
     print(text)
     if ARGS.doc:
-        ARGS.doc.write_text(text)
+        ARGS.doc.write_text(report.with_kept_notes(text, ARGS.doc))
         log(f"wrote {ARGS.doc}")
 
 

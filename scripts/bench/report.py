@@ -38,6 +38,17 @@ def machine(db_url: str, *, workers_concurrency: int | None) -> dict[str, Any]:
     }
 
 
+NOTES_MARKER = "<!-- Everything below this line is written by hand and kept by `make bench`. -->"
+
+
+def with_kept_notes(text: str, doc: Path) -> str:
+    """The new figures, followed by the hand-written notes of the existing document."""
+    old = doc.read_text() if doc.exists() else ""
+    if NOTES_MARKER not in old:
+        return text
+    return text + "\n" + NOTES_MARKER + old.split(NOTES_MARKER, 1)[1]
+
+
 def _ok(passed: bool) -> str:
     return "met" if passed else "**not met**"
 
