@@ -7,6 +7,8 @@ have been stalled for TASK_TIMEOUT_S. Either way the ledger makes the replay har
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from pathlib import Path
 
@@ -40,14 +42,28 @@ def test_killing_pool_children_mid_run_loses_and_duplicates_nothing(
     config = source("big", "csv", str(tmp_path / "big.csv"), chunk_size=2000, fields={"title": "title"})
 
     run_id = start_run(db, config)
-    # At most 4 kills: even if every one hit the same chunk, it stays within the 5 deliveries
-    # settings.max_task_attempts allows, so a failed run here would be a real bug.
+    # Kill every pool child at a moment a chunk is in flight (delivered, not committed), so
+    # the kill is sure to hit work. Two rounds at most: a chunk is then delivered at most 3
+    # times, within the 5 deliveries settings.max_task_attempts allows, so a failed run here
+    # would be a real bug.
+    in_flight = (
+        "SELECT count(*) FROM raw_chunks c WHERE c.run_id = %s AND c.attempts > 0 AND NOT EXISTS"
+        " (SELECT 1 FROM chunk_ledger l WHERE l.run_id = c.run_id AND l.chunk_no = c.chunk_no)"
+    )
     killed: list[int] = []
-    while len(killed) < 4 and get_run(db, run_id)["status"] not in FINISHED:
-        time.sleep(0.7)
-        victim = worker.kill_pool_child()
-        if victim is not None:
-            killed.append(victim)
+    rounds = 0
+    while rounds < 2 and get_run(db, run_id)["status"] not in FINISHED:
+        if scalar(db, in_flight, (run_id,)) == 0:
+            time.sleep(0.01)
+            continue
+        for child in worker.pool_children():
+            try:
+                os.kill(child, signal.SIGKILL)
+                killed.append(child)
+            except ProcessLookupError:
+                pass
+        rounds += 1
+        wait_until(lambda: len(worker.pool_children()) == 2, 30, "the pool to replace its killed children")
     run = wait_for_run(db, run_id, timeout_s=RECOVERY_BOUND_S)
 
     assert killed, "the run finished before any pool child could be killed"
