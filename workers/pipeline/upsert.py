@@ -161,6 +161,9 @@ def _without_unchanged(
         return records, True  # a first load (or new records): nothing to compare with
     hashes = b"".join(rec.content_hash for rec in records)
     assert len(hashes) == 32 * len(records)  # SHA-256 digests
+    # Thousands of probes add up to a plan cost above jit_above_cost, and compiling it took
+    # longer (8 ms a chunk) than it saved. Transaction-scoped.
+    conn.execute("SET LOCAL jit = off")
     changed = conn.execute(_CHANGED_POSITIONS, {"source": source, "keys": keys, "hashes": hashes})
     return [records[n - 1] for (n,) in changed], False
 
