@@ -260,15 +260,18 @@ class CpuMeter:
     worker_pid: int
     url: str
     database: str
+    api_pid: int | None = None
     start: dict[tuple[str, int], float] = field(default_factory=dict)
     worker_s: float = 0.0
     worker_parent_s: float = 0.0  # the Celery main process (consumer, pool dispatch, events)
     postgres_s: float = 0.0
+    api_s: float = 0.0  # the API answering the benchmark's polls, on the same cores
 
     def _snapshot(self) -> dict[tuple[str, int], float]:
         found: dict[tuple[str, int], float] = {}
         for kind, pids in (("worker", descendants(self.worker_pid)),
-                           ("postgres", database_backends(self.url, self.database))):
+                           ("postgres", database_backends(self.url, self.database)),
+                           ("api", [self.api_pid] if self.api_pid else [])):
             for pid in pids:
                 seconds = cpu_seconds(pid)
                 if seconds is not None:
@@ -286,5 +289,7 @@ class CpuMeter:
                 self.worker_s += spent
                 if pid == self.worker_pid:
                     self.worker_parent_s += spent
+            elif kind == "api":
+                self.api_s += spent
             else:
                 self.postgres_s += spent
