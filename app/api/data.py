@@ -20,7 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.cursor import MAX_CURSOR_LENGTH, InvalidCursor, decode_cursor, encode_cursor, filters_fingerprint
 from app.api.deps import RequestIdDep, SessionDep
-from app.api.responses import COMMON_ERRORS, error_responses
+from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
 from app.api.schemas import NO_NUL, DataPage, Record, SourceFilter
 from app.errors import ApiError
 
@@ -154,7 +154,7 @@ async def list_data(
     ] = None,
     since: Annotated[datetime | None, Query(description="updated_at >= since (ISO 8601).")] = None,
     until: Annotated[datetime | None, Query(description="updated_at < until (ISO 8601).")] = None,
-) -> dict[str, Any]:
+) -> OrjsonResponse:
     """Records in id order, with exact (or flagged estimated) total and a keyset cursor."""
     flt = RecordFilter(sources=list(dict.fromkeys(source or [])), q=q, since=_utc(since), until=_utc(until))
     fingerprint = filters_fingerprint(sources=flt.sources, q=flt.q, since=flt.since, until=flt.until)
@@ -169,15 +169,19 @@ async def list_data(
     items, more = rows[:page_size], len(rows) > page_size
     total, estimated = await count_records(session, flt=flt)
     started = request.scope.get("state", {}).get("started_at", time.perf_counter())
-    return {
-        "items": items,
-        "page": None if cursor is not None else page,
-        "page_size": page_size,
-        "total": total,
-        "total_is_estimate": estimated,
-        "next_cursor": encode_cursor(after_id=items[-1]["id"], fingerprint=fingerprint) if more else None,
-        "meta": {"request_id": request_id, "latency_ms": round((time.perf_counter() - started) * 1000, 3)},
-    }
+    # Rendered by orjson directly: re-validating 500 rows through the response model cost
+    # ~10% of the hot path. DataPage still documents the shape; the fuzz test checks it.
+    return OrjsonResponse(
+        {
+            "items": items,
+            "page": None if cursor is not None else page,
+            "page_size": page_size,
+            "total": total,
+            "total_is_estimate": estimated,
+            "next_cursor": encode_cursor(after_id=items[-1]["id"], fingerprint=fingerprint) if more else None,
+            "meta": {"request_id": request_id, "latency_ms": round((time.perf_counter() - started) * 1000, 3)},
+        }
+    )
 
 
 @router.get(
