@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import SessionDep
+from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, error_responses
 from app.api.schemas import DriftList, SourceFilter
 
@@ -19,9 +19,7 @@ COLUMNS = "id, source, run_id, kind, field, old_type, new_type, created_at"
 
 async def list_drift(session: AsyncSession, *, source: str | None, limit: int) -> list[dict[str, Any]]:
     """Drift events, newest first."""
-    where, params = ("source = :source", {"source": source, "limit": limit}) if source else ("TRUE", {"limit": limit})
-    sql = f"SELECT {COLUMNS} FROM drift_events WHERE {where} ORDER BY id DESC LIMIT :limit"
-    return [dict(row) for row in (await session.execute(text(sql), params)).mappings()]
+    return await newest_rows(session, table="drift_events", columns=COLUMNS, filters={"source": source}, limit=limit)
 
 
 @router.get(

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import SessionDep
+from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, error_responses
 from app.api.schemas import RejectList, SourceFilter
 
@@ -21,17 +21,8 @@ async def list_rejects(
     session: AsyncSession, *, source: str | None, run_id: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """Rejected records, newest first."""
-    clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    if source is not None:
-        clauses.append("source = :source")
-        params["source"] = source
-    if run_id is not None:
-        clauses.append("run_id = :run_id")
-        params["run_id"] = run_id
-    where = " AND ".join(clauses) or "TRUE"
-    sql = f"SELECT {COLUMNS} FROM rejected_records WHERE {where} ORDER BY id DESC LIMIT :limit"
-    return [dict(row) for row in (await session.execute(text(sql), params)).mappings()]
+    filters = {"source": source, "run_id": run_id}
+    return await newest_rows(session, table="rejected_records", columns=COLUMNS, filters=filters, limit=limit)
 
 
 @router.get(

@@ -12,6 +12,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.deps import ApiKeyDep, SessionDep, SourcesDep
 from app.api.idempotency import claim_key, release_key, request_hash, store_response
+from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
 from app.api.schemas import Run, RunList, RunsRequest, RunStatus, SourceFilter
 from app.enqueue import enqueue_fetch
@@ -29,17 +30,9 @@ async def list_runs(
     session: AsyncSession, *, source: str | None, status: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Runs, newest first, optionally filtered."""
-    clauses: list[str] = []
-    params: dict[str, Any] = {"limit": limit}
-    if source is not None:
-        clauses.append("source = :source")
-        params["source"] = source
-    if status is not None:
-        clauses.append("status = :status")
-        params["status"] = status
-    where = " AND ".join(clauses) or "TRUE"
-    sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE {where} ORDER BY id DESC LIMIT :limit"
-    return [run_to_api(dict(row)) for row in (await session.execute(text(sql), params)).mappings()]
+    filters = {"source": source, "status": status}
+    rows = await newest_rows(session, table="runs", columns=RUN_COLUMNS, filters=filters, limit=limit)
+    return [run_to_api(row) for row in rows]
 
 
 async def get_run(session: AsyncSession, *, run_id: int) -> dict[str, Any] | None:
