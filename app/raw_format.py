@@ -3,6 +3,8 @@
 A raw chunk's payload is the orjson encoding of a list of `[line, record, error, raw_text]`:
 `record` is the parsed upstream object (or None when `error` says why it could not be
 parsed, with the unparsable text in `raw_text`); `line` is its line or position upstream.
+The fetch stage appends a fifth element, the row's raw digest in hex, when it has one
+(workers/pipeline/raw_digest.py); rows written here have none.
 """
 
 from __future__ import annotations

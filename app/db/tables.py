@@ -84,6 +84,7 @@ raw_chunks = Table(
     Column("attempts", Integer, nullable=False),
     Column("last_error", Text),
     Column("enqueued_at", DateTime(timezone=True), nullable=False),
+    Column("skipped", Integer, nullable=False),  # rows recognised unchanged before this chunk
 )
 
 chunk_ledger = Table(
@@ -99,6 +100,7 @@ chunk_ledger = Table(
     Column("max_incremental", JSONB),
     Column("observed_fields", JSONB),
     Column("duration_ms", Integer),
+    Column("skipped", Integer, nullable=False),  # of `unchanged`: left out at the fetch stage
     Column("committed_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -119,6 +121,9 @@ records = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("last_run_id", BigInteger),
     Column("search", TSVECTOR),
+    # Digest of the raw record (and of the code and config that normalised it): a re-run
+    # leaves rows whose digest matches out at the fetch stage (workers/pipeline/unchanged.py).
+    Column("raw_digest", LargeBinary),
 )
 
 rejected_records = Table(

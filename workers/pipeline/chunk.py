@@ -60,17 +60,17 @@ def normalize_and_upsert(conn: psycopg.Connection, run_id: int, chunk_no: int) -
     started = time.monotonic()
     with paused_gc():
         row = conn.execute("SELECT source, config FROM runs WHERE id = %s", (run_id,)).fetchone()
-        items = load_chunk(conn, run_id=run_id, chunk_no=chunk_no)
+        stored = load_chunk(conn, run_id=run_id, chunk_no=chunk_no)
         conn.commit()
-        if row is None or items is None:
+        if row is None or stored is None:
             return ChunkOutcome(counts=None, run_status=None)
         source_name, config = row
-        normalized = _normalizer(conn, run_id, source_name, config).normalize_chunk(items)
+        normalized = _normalizer(conn, run_id, source_name, config).normalize_chunk(stored.items)
         counts = write_chunk(
-            conn, run_id=run_id, chunk_no=chunk_no, source=source_name, fetched=len(items), chunk=normalized,
-            started=started,
+            conn, run_id=run_id, chunk_no=chunk_no, source=source_name, fetched=len(stored.items),
+            skipped=stored.skipped, chunk=normalized, started=started,
         )
-        del items, normalized
+        del stored, normalized
     return ChunkOutcome(counts=counts, run_status=finalize_run(conn, run_id) if counts else None)
 
 

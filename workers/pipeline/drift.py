@@ -93,13 +93,25 @@ def load_known(conn: psycopg.Connection, source: str) -> dict[str, str]:
 
 
 def record_drift(
-    conn: psycopg.Connection, *, source: str, run_id: int, observed: dict[str, str], adopt: bool = True
+    conn: psycopg.Connection,
+    *,
+    source: str,
+    run_id: int,
+    observed: dict[str, str],
+    adopt: bool = True,
+    partial: bool = False,
 ) -> list[DriftEvent]:
     """Compare, store events and (when `adopt`) the new field set, inside the finalize
-    transaction. on_drift = "reject" does not adopt: the known schema stays the contract."""
+    transaction. on_drift = "reject" does not adopt: the known schema stays the contract.
+
+    `partial`: some rows were recognised unchanged and never looked at (unchanged.py).
+    Their records were observed by the run that stored them, so the known fields still
+    stand for them: only additions (new fields, new types) are evidence, absences are not."""
     if not observed:
         return []  # nothing accepted this run: no evidence that fields disappeared
     known = load_known(conn, source)
+    if partial and known:
+        observed = merge_observed([observed, known])
     events = compare(known, observed) if known else []
     if events:
         with conn.cursor() as cur:

@@ -1,12 +1,14 @@
 """Fetch: stream a run's source, keep the raw payloads chunk by chunk, fan out the chunks.
 
-Memory is bounded by the chunk size: items flow from the connector's generator into a
-buffer of `chunk_size`, which is stored and handed on before the next one fills.
+Memory is bounded by the chunk size: items flow from the connector's generator, a batch
+at a time through the unchanged-row filter (unchanged.py), into a buffer of `chunk_size`,
+which is stored and handed on before the next one fills.
 """
 
 from __future__ import annotations
 
 import gc
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,12 +23,14 @@ from workers.pipeline.finalize import fail_run, finalize_run
 from workers.pipeline.gc_pause import paused_gc
 from workers.pipeline.incremental import is_after
 from workers.pipeline.raw import encode_item, store_chunk
-from workers.sources.base import FetchState, SourceError, dotted_get
+from workers.pipeline.unchanged import BATCH, UnchangedRows
+from workers.sources.base import FetchState, RawItem, SourceError, dotted_get
 from workers.sources.registry import extract
 
 log = structlog.get_logger(__name__)
 
 EnqueueChunk = Callable[[int, int], None]
+HEARTBEAT_EVERY_S = 5.0
 
 _CLAIM_FETCH = """
 UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), heartbeat_at = now(),
@@ -101,29 +105,51 @@ def _store_and_fan_out(
     enqueue_chunk: EnqueueChunk,
 ) -> int:
     incremental = source.incremental_field
-    buffer: list[list[Any]] = []
+    unchanged = UnchangedRows(conn, run_id=run_id, source=source)
+    pending: list[RawItem] = []  # read, not yet compared with what is stored
+    buffer: list[list[Any]] = []  # kept rows of the next chunk
+    skipped = 0  # rows left out since the last stored chunk; counted with the next one
     chunk_no = 0
+    last_heartbeat = time.monotonic()
 
-    def flush() -> None:
-        nonlocal chunk_no, buffer
-        if store_chunk(conn, run_id=run_id, chunk_no=chunk_no, items=buffer):
-            enqueue_chunk(run_id, chunk_no)
+    def heartbeat() -> None:
+        nonlocal last_heartbeat
         conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = %s", (run_id,))
         conn.commit()
+        last_heartbeat = time.monotonic()
+
+    def flush() -> None:
+        nonlocal chunk_no, buffer, skipped
+        if store_chunk(conn, run_id=run_id, chunk_no=chunk_no, items=buffer, skipped=skipped):
+            enqueue_chunk(run_id, chunk_no)
+        heartbeat()
         chunk_no += 1
-        buffer = []
+        buffer, skipped = [], 0
         gc.collect(1)  # the collector is paused below: clear anything cyclic once per chunk
+
+    def sift() -> None:
+        nonlocal pending, skipped
+        kept, dropped = unchanged.sift(pending)
+        pending = []
+        skipped += dropped
+        for item in kept:
+            buffer.append(encode_item(item))
+            if len(buffer) >= source.chunk_size:
+                flush()
+        if time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
+            heartbeat()  # a long stretch of unchanged rows stores no chunk
 
     with paused_gc():
         for item in items:
             if incremental and item.record is not None and state.checkpoint is not None:
                 if not is_after(dotted_get(item.record, incremental), state.checkpoint):
                     continue  # at or before the checkpoint: already committed by an earlier run
-            buffer.append(encode_item(item))
-            if len(buffer) >= source.chunk_size:
-                flush()
-        if buffer:
-            flush()
+            pending.append(item)
+            if len(pending) >= BATCH:
+                sift()
+        sift()
+        if buffer or skipped:
+            flush()  # even empty: the chunk carries the count of rows left out
     return chunk_no
 
 

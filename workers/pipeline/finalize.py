@@ -91,11 +91,15 @@ def finalize_run(conn: psycopg.Connection, run_id: int) -> str | None:
 
 def _apply_drift(conn: psycopg.Connection, run: dict[str, Any]) -> str | None:
     """Record schema drift of this run; with on_drift = "pause", pause the source and say why."""
-    observed = merge_observed(
-        row[0] for row in conn.execute("SELECT observed_fields FROM chunk_ledger WHERE run_id = %s", (run["id"],))
-    )
+    ledger = conn.execute(
+        "SELECT observed_fields, skipped FROM chunk_ledger WHERE run_id = %s", (run["id"],)
+    ).fetchall()
+    observed = merge_observed(row[0] for row in ledger)
     policy = run["config"].get("on_drift", "record")
-    events = record_drift(conn, source=run["source"], run_id=run["id"], observed=observed, adopt=policy != "reject")
+    events = record_drift(
+        conn, source=run["source"], run_id=run["id"], observed=observed, adopt=policy != "reject",
+        partial=any(row[1] for row in ledger),
+    )
     if not events or policy != "pause":
         return None
     reason = "schema drift: " + ", ".join(event.describe() for event in events)

@@ -47,6 +47,7 @@ class NormalizedRecord:
     published_at: datetime | None
     data: dict[str, Any]
     content_hash: bytes
+    raw_digest: bytes | None = None  # of the raw row it was made from (raw_digest.py)
 
 
 @dataclass(slots=True)
@@ -128,6 +129,7 @@ class Normalizer:
                     rejection.external_id = None if is_empty(identity) else str(identity)
                 chunk.rejections.append(rejection)
                 continue
+            record.raw_digest = item.digest
             if record.external_id in by_id:
                 chunk.superseded += 1
             by_id[record.external_id] = record

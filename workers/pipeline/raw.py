@@ -4,6 +4,7 @@ and the normalize stage. Tasks carry (run_id, chunk_no), never the rows themselv
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -25,14 +26,28 @@ _LZ4_FOR_THIS_TRANSACTION = (
 
 
 def encode_item(item: RawItem) -> list[Any]:
-    return [item.line, item.record, item.error, item.raw_text]
+    if item.digest is None:
+        return [item.line, item.record, item.error, item.raw_text]
+    return [item.line, item.record, item.error, item.raw_text, item.digest.hex()]
 
 
 def decode_items(payload: bytes) -> list[RawItem]:
-    return [RawItem(rec, line, err, text) for line, rec, err, text in decode_rows(payload)]
+    """Rows of 4 (webhook intake, rows without a digest) or 5 elements."""
+    return [
+        RawItem(row[1], row[0], row[2], row[3], bytes.fromhex(row[4]) if len(row) > 4 else None)
+        for row in decode_rows(payload)
+    ]
 
 
-def store_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: list[list[Any]]) -> bool:
+@dataclass(frozen=True)
+class StoredChunk:
+    items: list[RawItem]
+    skipped: int  # rows recognised unchanged and left out before this chunk (unchanged.py)
+
+
+def store_chunk(
+    conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: list[list[Any]], skipped: int = 0
+) -> bool:
     """Store one chunk (committed); return True when it still needs normalising.
 
     A fetch that is re-driven after a crash produces the same chunk numbers; a chunk
@@ -41,9 +56,9 @@ def store_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: 
     with conn.transaction():
         conn.execute(_LZ4_FOR_THIS_TRANSACTION)
         conn.execute(
-            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload) VALUES (%s, %s, %s, %s)"
+            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, skipped) VALUES (%s, %s, %s, %s, %s)"
             " ON CONFLICT (run_id, chunk_no) DO NOTHING",
-            (run_id, chunk_no, len(items), encode_rows(items)),
+            (run_id, chunk_no, len(items), encode_rows(items), skipped),
         )
         done = conn.execute(
             "SELECT 1 FROM chunk_ledger WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
@@ -51,8 +66,8 @@ def store_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: 
     return done is None
 
 
-def load_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int) -> list[RawItem] | None:
+def load_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int) -> StoredChunk | None:
     row = conn.execute(
-        "SELECT payload FROM raw_chunks WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
+        "SELECT payload, skipped FROM raw_chunks WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
     ).fetchone()
-    return decode_items(row[0]) if row else None
+    return StoredChunk(decode_items(row[0]), row[1]) if row else None

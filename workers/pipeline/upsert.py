@@ -22,6 +22,7 @@ import orjson
 import psycopg
 
 from workers.pipeline.normalize import NormalizedChunk, NormalizedRecord
+from workers.pipeline.raw_digest import DIGEST_BYTES
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_records (
@@ -32,15 +33,17 @@ CREATE TEMP TABLE IF NOT EXISTS stage_records (
     url          text,
     published_at timestamptz,
     data         jsonb NOT NULL,
-    content_hash bytea NOT NULL
+    content_hash bytea NOT NULL,
+    raw_digest   bytea
 ) ON COMMIT DELETE ROWS
 """
 
 _UPSERT_SQL = """
 WITH written AS (
     INSERT INTO records AS r
-        (source, external_id, title, content, author, url, published_at, data, content_hash, last_run_id)
-    SELECT %(source)s, external_id, title, content, author, url, published_at, data, content_hash, %(run_id)s
+        (source, external_id, title, content, author, url, published_at, data, content_hash, raw_digest, last_run_id)
+    SELECT %(source)s, external_id, title, content, author, url, published_at, data, content_hash, raw_digest,
+           %(run_id)s
     FROM stage_records
     ORDER BY external_id
     ON CONFLICT (source, external_id) DO UPDATE SET
@@ -51,6 +54,7 @@ WITH written AS (
         published_at = excluded.published_at,
         data = excluded.data,
         content_hash = excluded.content_hash,
+        raw_digest = excluded.raw_digest,
         last_run_id = excluded.last_run_id,
         updated_at = now()
     WHERE r.content_hash IS DISTINCT FROM excluded.content_hash
@@ -67,11 +71,12 @@ SELECT count(*) FILTER (WHERE is_insert), count(*) FILTER (WHERE NOT is_insert) 
 # is the same, only slower.
 _COPY_RECORDS = (
     "COPY records (source, external_id, title, content, author, url, published_at, data, content_hash,"
-    " last_run_id) FROM STDIN"
+    " raw_digest, last_run_id) FROM STDIN"
 )
 
 _COPY_STAGE = (
-    "COPY stage_records (external_id, title, content, author, url, published_at, data, content_hash) FROM STDIN"
+    "COPY stage_records (external_id, title, content, author, url, published_at, data, content_hash, raw_digest)"
+    " FROM STDIN"
 )
 
 # A re-run sends mostly records that did not change. Comparing their hashes first (an index
@@ -88,12 +93,30 @@ _STORED_HASHES = (
     " FROM unnest(%s::text[]) AS k(id)"
 )
 _PROBES = 8
-# The comparison itself happens in PostgreSQL: the chunk's hashes travel as one bytea (32
-# bytes each, in key order) and only the positions of the records that differ come back.
-_CHANGED_POSITIONS = """
-SELECT k.n FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS k(id, n)
-WHERE substring(%(hashes)s::bytea FROM (k.n::int - 1) * 32 + 1 FOR 32)
-      IS DISTINCT FROM (SELECT content_hash FROM records r WHERE r.source = %(source)s AND r.external_id = k.id)
+# The comparison itself happens in PostgreSQL: the chunk's hashes and raw digests travel as
+# one bytea each (32 and 16 bytes a record, in key order; zeros for no digest) and only the
+# positions of the records that differ come back, flagged when only the raw digest differs.
+_NO_DIGEST = bytes(DIGEST_BYTES)
+_CHANGED_POSITIONS = f"""
+SELECT k.n, r.content_hash IS NOT NULL AND r.content_hash = k.hash AS same_content
+FROM (SELECT id, n, substring(%(hashes)s::bytea FROM (n::int - 1) * 32 + 1 FOR 32) AS hash,
+             nullif(substring(%(digests)s::bytea FROM (n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES}),
+                    %(no_digest)s::bytea) AS digest
+      FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS u(id, n)) AS k
+LEFT JOIN LATERAL (
+    -- LIMIT: kept a parameterised index probe per key, never flattened into a hash join
+    SELECT content_hash, raw_digest FROM records r WHERE r.source = %(source)s AND r.external_id = k.id LIMIT 1
+) AS r ON true
+WHERE r.content_hash IS DISTINCT FROM k.hash OR r.raw_digest IS DISTINCT FROM k.digest
+"""
+# A record whose content is unchanged but whose raw digest is not (the normalising code or
+# the mapping changed, or the upstream re-ordered keys): record the new digest, so that the
+# next run recognises the row at the fetch stage. Not a change of the record: updated_at
+# and the counts stay; last_run_id moves (see unchanged.py on why).
+_REFRESH_DIGESTS = """
+UPDATE records r SET raw_digest = d.digest, last_run_id = %(run_id)s
+FROM unnest(%(keys)s::text[], %(digests)s::bytea[]) AS d(id, digest)
+WHERE r.source = %(source)s AND r.external_id = d.id
 """
 
 _COPY_REJECTS = (
@@ -145,16 +168,18 @@ def _stage_row(rec: NormalizedRecord) -> tuple[Any, ...]:
     # JSON bytes clears the whole row. Only a row that holds one pays for scrubbing.
     if b"\\u0000" in data:
         texts = (rec.external_id, rec.title, rec.content, rec.author, rec.url)
-        return (*(_strip_nul(text) for text in texts), rec.published_at, _json_text(rec.data), rec.content_hash)
+        return (*(_strip_nul(text) for text in texts), rec.published_at, _json_text(rec.data), rec.content_hash,
+                rec.raw_digest)
     return (rec.external_id, rec.title, rec.content, rec.author, rec.url, rec.published_at, data.decode(),
-            rec.content_hash)
+            rec.content_hash, rec.raw_digest)
 
 
 def _without_unchanged(
-    conn: psycopg.Connection, source: str, records: list[NormalizedRecord]
+    conn: psycopg.Connection, source: str, run_id: int, records: list[NormalizedRecord]
 ) -> tuple[list[NormalizedRecord], bool]:
     """The records whose content hash differs from the stored one (or that are not stored),
-    and whether they look new (no probed key stored)."""
+    and whether they look new (no probed key stored). Refreshes the raw digest of records
+    whose content is unchanged but whose digest is not."""
     keys = [rec.external_id.replace(_NUL, _REPLACEMENT) for rec in records]  # as stored
     probes = keys[:: max(1, len(keys) // _PROBES)]
     if not any(stored for _, stored in conn.execute(_STORED_HASHES, (source, probes))):
@@ -164,8 +189,20 @@ def _without_unchanged(
     # Thousands of probes add up to a plan cost above jit_above_cost, and compiling it took
     # longer (8 ms a chunk) than it saved. Transaction-scoped.
     conn.execute("SET LOCAL jit = off")
-    changed = conn.execute(_CHANGED_POSITIONS, {"source": source, "keys": keys, "hashes": hashes})
-    return [records[n - 1] for (n,) in changed], False
+    digests = b"".join(rec.raw_digest or _NO_DIGEST for rec in records)
+    differing = conn.execute(
+        _CHANGED_POSITIONS,
+        {"source": source, "keys": keys, "hashes": hashes, "digests": digests, "no_digest": _NO_DIGEST},
+    ).fetchall()
+    changed = [records[n - 1] for n, same_content in differing if not same_content]
+    refresh = [n - 1 for n, same_content in differing if same_content]
+    if refresh:
+        conn.execute(
+            _REFRESH_DIGESTS,
+            {"source": source, "run_id": run_id, "keys": [keys[i] for i in refresh],
+             "digests": [records[i].raw_digest for i in refresh]},
+        )
+    return changed, False
 
 
 def _write_records(
@@ -199,11 +236,14 @@ def write_chunk(
     source: str,
     fetched: int,
     chunk: NormalizedChunk,
+    skipped: int = 0,
     started: float | None = None,
 ) -> ChunkCounts | None:
     """Commit one chunk; return its counts, or None when it was already committed or the
-    run is no longer active (failed runs take no more data). `started` (time.monotonic()
-    when the chunk's task began) gives the ledger's duration_ms."""
+    run is no longer active (failed runs take no more data). `fetched` counts the chunk's
+    rows, `skipped` the rows the fetch stage recognised unchanged and left out before it
+    (both are fetched; the skipped are unchanged). `started` (time.monotonic() when the
+    chunk's task began) gives the ledger's duration_ms."""
     with conn.transaction():
         # FOR KEY SHARE: chunks commit concurrently, and the fetch stage's heartbeat (an UPDATE
         # of non-key columns) does not wait for them, but finalize/fail (FOR UPDATE) wait for
@@ -221,7 +261,7 @@ def write_chunk(
         if claimed is None:
             return None
         inserted = updated = 0
-        changed, look_new = _without_unchanged(conn, source, chunk.records) if chunk.records else ([], False)
+        changed, look_new = _without_unchanged(conn, source, run_id, chunk.records) if chunk.records else ([], False)
         if changed:
             inserted, updated = _write_records(conn, source=source, run_id=run_id, records=changed, look_new=look_new)
         if chunk.rejections:
@@ -235,17 +275,17 @@ def write_chunk(
                     )
         rejected = len(chunk.rejections)
         counts = ChunkCounts(
-            fetched=fetched,
+            fetched=fetched + skipped,
             inserted=inserted,
             updated=updated,
-            unchanged=fetched - inserted - updated - rejected,
+            unchanged=fetched + skipped - inserted - updated - rejected,
             rejected=rejected,
         )
         conn.execute(
             "UPDATE chunk_ledger SET fetched = %s, inserted = %s, updated = %s, unchanged = %s, rejected = %s,"
-            " max_incremental = %s::jsonb, observed_fields = %s::jsonb, committed_at = now(), duration_ms = %s"
-            " WHERE run_id = %s AND chunk_no = %s",
-            (counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.rejected,
+            " skipped = %s, max_incremental = %s::jsonb, observed_fields = %s::jsonb, committed_at = now(),"
+            " duration_ms = %s WHERE run_id = %s AND chunk_no = %s",
+            (counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.rejected, skipped,
              _json_text(chunk.max_incremental), _json_text(chunk.observed),
              None if started is None else round((time.monotonic() - started) * 1000), run_id, chunk_no),
         )

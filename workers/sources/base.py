@@ -34,13 +34,16 @@ class RawItem:
 
     `record` is the parsed record (a dict) or None when `error` says why it could not be
     parsed; `line` is the 1-based line (CSV) or position (JSON/RSS) for rejections;
-    `raw_text` keeps the unparsable text so a rejection still has its raw payload.
+    `raw_text` keeps the unparsable text so a rejection still has its raw payload;
+    `digest` is set by the fetch stage (workers/pipeline/raw_digest.py) and stored with
+    the record, so that a re-run recognises the row unchanged.
     """
 
     record: dict[str, Any] | None
     line: int | None = None
     error: str | None = None
     raw_text: str | None = None
+    digest: bytes | None = None
 
 
 @dataclass(slots=True)
