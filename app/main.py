@@ -1,5 +1,6 @@
-"""The HTTP API: `uvicorn app.main:app`. create_app() builds it; the lifespan opens one
-database pool and one Redis client per process and closes them on shutdown."""
+"""The HTTP API: `uvicorn app.main:app`. create_app() builds it; the lifespan opens the
+database pools (one for reads, one for writes) and one Redis client per process and
+closes them on shutdown."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from starlette.staticfiles import StaticFiles
 from app.api import data, drift, health, metrics, rejects, runs, sources, stats, webhooks
 from app.api.responses import OrjsonResponse
 from app.console import page as console_page
-from app.db.session import create_engine, create_sessionmaker
+from app.db.session import create_engine, create_read_engine, create_sessionmaker
 from app.errors import install_exception_handlers
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
@@ -46,7 +47,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
     # A bad sources file stops the API at start-up with the loader's one-line message.
     app.state.sources = await anyio.to_thread.run_sync(load_sources, settings.sources_file)
-    engine = create_engine(settings)
+    engine, read_engine = create_engine(settings), create_read_engine(settings)
     redis = _redis(settings.redis_url)
     broker_url = settings.celery_broker_url or settings.redis_url
     if broker_url == settings.redis_url:
@@ -54,6 +55,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     else:
         broker_redis = _redis(broker_url) if is_redis_url(broker_url) else None
     app.state.engine, app.state.sessionmaker = engine, create_sessionmaker(engine)
+    app.state.read_engine = read_engine
     app.state.redis, app.state.broker_redis = redis, broker_redis
     try:
         yield
@@ -61,6 +63,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if broker_redis is not None and broker_redis is not redis:
             await broker_redis.aclose()
         await redis.aclose()
+        await read_engine.dispose()
         await engine.dispose()
 
 

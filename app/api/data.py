@@ -16,12 +16,12 @@ from typing import Annotated, Any
 import orjson
 from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.api.cursor import MAX_CURSOR_LENGTH, InvalidCursor, decode_cursor, encode_cursor, filters_fingerprint
-from app.api.deps import RequestIdDep, SessionDep
+from app.api.deps import ReadConnectionDep, RequestIdDep
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
 from app.api.schemas import NO_NUL, DataPage, Record, SourceFilter
+from app.db.session import Queryable
 from app.errors import ApiError
 
 router = APIRouter(tags=["data"])
@@ -85,21 +85,21 @@ class RecordFilter:
         return " AND ".join(clauses) or "TRUE", params
 
 
-async def count_records(session: AsyncSession, *, flt: RecordFilter) -> tuple[int, bool]:
+async def count_records(db: Queryable, *, flt: RecordFilter) -> tuple[int, bool]:
     """Number of matching records and whether it is an estimate."""
     if not flt.scans_records:
         if flt.sources:
             sql = "SELECT coalesce(sum(records), 0)::bigint FROM source_stats WHERE source = ANY(:sources)"
-            return int((await session.execute(text(sql), {"sources": flt.sources})).scalar_one()), False
+            return int((await db.execute(text(sql), {"sources": flt.sources})).scalar_one()), False
         sql = "SELECT coalesce(sum(records), 0)::bigint FROM source_stats"
-        return int((await session.execute(text(sql))).scalar_one()), False
+        return int((await db.execute(text(sql))).scalar_one()), False
     where, params = flt.where()
     bounded = f"SELECT count(*) FROM (SELECT 1 FROM records WHERE {where} LIMIT :cap) AS bounded"
-    counted = int((await session.execute(text(bounded), {**params, "cap": EXACT_TOTAL_CAP + 1})).scalar_one())
+    counted = int((await db.execute(text(bounded), {**params, "cap": EXACT_TOTAL_CAP + 1})).scalar_one())
     if counted <= EXACT_TOTAL_CAP:
         return counted, False
     plan = (
-        await session.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM records WHERE {where}"), params)
+        await db.execute(text(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM records WHERE {where}"), params)
     ).scalar_one()
     if isinstance(plan, (str, bytes)):
         plan = orjson.loads(plan)
@@ -107,19 +107,19 @@ async def count_records(session: AsyncSession, *, flt: RecordFilter) -> tuple[in
 
 
 async def fetch_records(
-    session: AsyncSession, *, flt: RecordFilter, after_id: int | None, offset: int, limit: int
+    db: Queryable, *, flt: RecordFilter, after_id: int | None, offset: int, limit: int
 ) -> list[dict[str, Any]]:
     """Matching records in id order, as API dicts."""
     where, params = flt.where(after_id=after_id)
     sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE {where} ORDER BY id LIMIT :limit OFFSET :offset"
-    result = await session.execute(text(sql), {**params, "limit": limit, "offset": offset})
+    result = await db.execute(text(sql), {**params, "limit": limit, "offset": offset})
     return [record_to_api(dict(row)) for row in result.mappings()]
 
 
-async def get_record(session: AsyncSession, *, record_id: int) -> dict[str, Any] | None:
+async def get_record(db: Queryable, *, record_id: int) -> dict[str, Any] | None:
     """One record by id, or None."""
     sql = f"SELECT {RECORD_COLUMNS} FROM records WHERE id = :id"
-    row = (await session.execute(text(sql), {"id": record_id})).mappings().first()
+    row = (await db.execute(text(sql), {"id": record_id})).mappings().first()
     return record_to_api(dict(row)) if row else None
 
 
@@ -137,7 +137,7 @@ def record_to_api(row: dict[str, Any]) -> dict[str, Any]:
 )
 async def list_data(
     request: Request,
-    session: SessionDep,
+    db: ReadConnectionDep,
     request_id: RequestIdDep,
     page: Annotated[int, Query(ge=1, le=10_000_000, description="Page number (offset paging).")] = 1,
     page_size: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
@@ -165,9 +165,9 @@ async def list_data(
         except InvalidCursor as exc:
             raise ApiError(400, f"query parameter 'cursor': {exc}", code="invalid_cursor") from None
     offset = 0 if cursor is not None else (page - 1) * page_size
-    rows = await fetch_records(session, flt=flt, after_id=after_id, offset=offset, limit=page_size + 1)
+    rows = await fetch_records(db, flt=flt, after_id=after_id, offset=offset, limit=page_size + 1)
     items, more = rows[:page_size], len(rows) > page_size
-    total, estimated = await count_records(session, flt=flt)
+    total, estimated = await count_records(db, flt=flt)
     started = request.scope.get("state", {}).get("started_at", time.perf_counter())
     # Rendered by orjson directly: re-validating 500 rows through the response model cost
     # ~10% of the hot path. DataPage still documents the shape; the fuzz test checks it.
@@ -191,10 +191,10 @@ async def list_data(
     responses=error_responses(404, 422, *COMMON_ERRORS, 503),
 )
 async def read_record(
-    session: SessionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Record id.")]
+    db: ReadConnectionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Record id.")]
 ) -> dict[str, Any]:
     """A record by id; 404 when there is none."""
-    record = await get_record(session, record_id=id)
+    record = await get_record(db, record_id=id)
     if record is None:
         raise ApiError(404, f"record {id} not found")
     return record

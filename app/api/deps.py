@@ -1,4 +1,10 @@
-"""Shared dependencies, as `Annotated` aliases routes declare by type."""
+"""Shared dependencies, as `Annotated` aliases routes declare by type.
+
+Every dependency is `async def`: FastAPI runs a plain `def` dependency in a worker
+thread, and that hop cost more than the dependencies themselves. Read-only routes take
+`ReadConnectionDep` (autocommit, see app/db/session.py); routes that write take
+`SessionDep`, a transactional session.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +17,7 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from app.auth import match_api_key
 from app.errors import ApiError
@@ -21,29 +27,47 @@ from app.sources_config import SourceConfig
 log = structlog.get_logger("app.api.deps")
 
 
-def get_app_settings(request: Request) -> Settings:
+async def get_app_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
+def _database_unavailable(exc: Exception) -> ApiError:
+    log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
+    return ApiError(503, "the database is unavailable; retry later")
+
+
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:
+    """A transactional session on the write engine, for routes that change data."""
     async with request.app.state.sessionmaker() as session:
         try:
             await session.connection()  # check out now, so "database down" is named as such
         except (OSError, DBAPIError, PoolTimeout) as exc:
-            log.warning("database_unavailable", error=f"{type(exc).__name__}: {exc}")
-            raise ApiError(503, "the database is unavailable; retry later") from None
+            raise _database_unavailable(exc) from None
         yield session
 
 
-def get_redis(request: Request) -> Redis:
+async def get_read_connection(request: Request) -> AsyncIterator[AsyncConnection]:
+    """An autocommit connection on the read engine, for routes that only read."""
+    connection = request.app.state.read_engine.connect()
+    try:
+        await connection.start()  # check out now, so "database down" is named as such
+    except (OSError, DBAPIError, PoolTimeout) as exc:
+        raise _database_unavailable(exc) from None
+    try:
+        yield connection
+    finally:
+        await connection.close()
+
+
+async def get_redis(request: Request) -> Redis:
     return request.app.state.redis
 
 
-def get_sources(request: Request) -> dict[str, SourceConfig]:
+async def get_sources(request: Request) -> dict[str, SourceConfig]:
     return request.app.state.sources
 
 
-def get_request_id(request: Request) -> str:
+async def get_request_id(request: Request) -> str:
     return str(request.scope.get("state", {}).get("request_id", ""))
 
 
@@ -52,7 +76,7 @@ _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="
 _bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <key>`, same keys as X-API-Key.")
 
 
-def require_api_key(
+async def require_api_key(
     settings: Annotated[Settings, Depends(get_app_settings)],
     header_key: Annotated[str | None, Depends(_api_key_header)],
     bearer: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
@@ -75,6 +99,7 @@ def require_api_key(
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+ReadConnectionDep = Annotated[AsyncConnection, Depends(get_read_connection)]
 RedisDep = Annotated[Redis, Depends(get_redis)]
 SourcesDep = Annotated[dict[str, SourceConfig], Depends(get_sources)]
 RequestIdDep = Annotated[str, Depends(get_request_id)]

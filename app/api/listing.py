@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db.session import Queryable
 
 
 async def newest_rows(
-    session: AsyncSession, *, table: str, columns: str, filters: dict[str, Any], limit: int
+    db: Queryable, *, table: str, columns: str, filters: dict[str, Any], limit: int
 ) -> list[dict[str, Any]]:
     """Rows of `table` matching every non-None filter (column = value), newest id first.
 
@@ -19,4 +20,4 @@ async def newest_rows(
     given = {column: value for column, value in filters.items() if value is not None}
     where = " AND ".join(f"{column} = :{column}" for column in given) or "TRUE"
     sql = f"SELECT {columns} FROM {table} WHERE {where} ORDER BY id DESC LIMIT :limit"
-    return [dict(row) for row in (await session.execute(text(sql), {**given, "limit": limit})).mappings()]
+    return [dict(row) for row in (await db.execute(text(sql), {**given, "limit": limit})).mappings()]

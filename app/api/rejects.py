@@ -5,12 +5,12 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.deps import SessionDep
+from app.api.deps import ReadConnectionDep
 from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, error_responses
 from app.api.schemas import RejectList, SourceFilter
+from app.db.session import Queryable
 
 router = APIRouter(tags=["quality"])
 
@@ -18,11 +18,11 @@ COLUMNS = "id, run_id, source, chunk_no, line_no, external_id, reason, field, me
 
 
 async def list_rejects(
-    session: AsyncSession, *, source: str | None, run_id: int | None, limit: int
+    db: Queryable, *, source: str | None, run_id: int | None, limit: int
 ) -> list[dict[str, Any]]:
     """Rejected records, newest first."""
     filters = {"source": source, "run_id": run_id}
-    return await newest_rows(session, table="rejected_records", columns=COLUMNS, filters=filters, limit=limit)
+    return await newest_rows(db, table="rejected_records", columns=COLUMNS, filters=filters, limit=limit)
 
 
 @router.get(
@@ -32,10 +32,10 @@ async def list_rejects(
     responses=error_responses(422, *COMMON_ERRORS, 503),
 )
 async def rejects(
-    session: SessionDep,
+    db: ReadConnectionDep,
     source: Annotated[SourceFilter | None, Query(description="Only this source.")] = None,
     run_id: Annotated[int | None, Query(ge=1, le=2**63 - 1, description="Only this run.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many.")] = 50,
 ) -> dict[str, Any]:
     """Rejected records with reason, field, message, raw payload and run, newest first."""
-    return {"items": await list_rejects(session, source=source, run_id=run_id, limit=limit)}
+    return {"items": await list_rejects(db, source=source, run_id=run_id, limit=limit)}

@@ -10,11 +10,12 @@ from fastapi import APIRouter, Body, Header, Path, Query
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.deps import ApiKeyDep, SessionDep, SourcesDep
+from app.api.deps import ApiKeyDep, ReadConnectionDep, SessionDep, SourcesDep
 from app.api.idempotency import claim_key, release_key, request_hash, store_response
 from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
 from app.api.schemas import Run, RunList, RunsRequest, RunStatus, SourceFilter
+from app.db.session import Queryable
 from app.enqueue import enqueue_fetch
 from app.errors import ApiError
 from app.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run_async, run_to_api
@@ -27,22 +28,22 @@ MAX_ID = 2**63 - 1
 
 
 async def list_runs(
-    session: AsyncSession, *, source: str | None, status: str | None, limit: int
+    db: Queryable, *, source: str | None, status: str | None, limit: int
 ) -> list[dict[str, Any]]:
     """Runs, newest first, optionally filtered."""
     filters = {"source": source, "status": status}
-    rows = await newest_rows(session, table="runs", columns=RUN_COLUMNS, filters=filters, limit=limit)
+    rows = await newest_rows(db, table="runs", columns=RUN_COLUMNS, filters=filters, limit=limit)
     return [run_to_api(row) for row in rows]
 
 
-async def get_run(session: AsyncSession, *, run_id: int) -> dict[str, Any] | None:
+async def get_run(db: Queryable, *, run_id: int) -> dict[str, Any] | None:
     """One run by id, or None."""
-    row = (await session.execute(text(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id"), {"id": run_id})).mappings()
+    row = (await db.execute(text(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id"), {"id": run_id})).mappings()
     found = row.first()
     return run_to_api(dict(found)) if found else None
 
 
-async def last_runs(session: AsyncSession, *, sources: list[str]) -> dict[str, dict[str, Any]]:
+async def last_runs(db: Queryable, *, sources: list[str]) -> dict[str, dict[str, Any]]:
     """The newest run of each named source (one index probe per source)."""
     if not sources:
         return {}
@@ -52,14 +53,14 @@ async def last_runs(session: AsyncSession, *, sources: list[str]) -> dict[str, d
             SELECT {RUN_COLUMNS} FROM runs WHERE runs.source = s.name ORDER BY id DESC LIMIT 1
         ) AS r
     """
-    result = await session.execute(text(sql), {"names": sources})
+    result = await db.execute(text(sql), {"names": sources})
     return {row["source"]: run_to_api(dict(row)) for row in result.mappings()}
 
 
-async def active_runs(session: AsyncSession, *, sources: list[str]) -> list[dict[str, Any]]:
+async def active_runs(db: Queryable, *, sources: list[str]) -> list[dict[str, Any]]:
     """Queued or running runs of these sources."""
     sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE source = ANY(:names) AND status IN ('queued', 'running') ORDER BY id"
-    return [dict(row) for row in (await session.execute(text(sql), {"names": sources})).mappings()]
+    return [dict(row) for row in (await db.execute(text(sql), {"names": sources})).mappings()]
 
 
 def select_sources(configured: dict[str, SourceConfig], requested: list[str] | None) -> list[SourceConfig]:
@@ -184,23 +185,23 @@ async def start_runs(
 
 @router.get("/runs", response_model=RunList, summary="List runs", responses=error_responses(422, *COMMON_ERRORS, 503))
 async def read_runs(
-    session: SessionDep,
+    db: ReadConnectionDep,
     source: Annotated[SourceFilter | None, Query(description="Only this source.")] = None,
     status: Annotated[RunStatus | None, Query(description="Only runs in this status.")] = None,
     limit: Annotated[int, Query(ge=1, le=500, description="At most this many runs.")] = 50,
 ) -> dict[str, Any]:
     """Runs, newest first."""
-    return {"runs": await list_runs(session, source=source, status=status, limit=limit)}
+    return {"runs": await list_runs(db, source=source, status=status, limit=limit)}
 
 
 @router.get(
     "/runs/{id}", response_model=Run, summary="One run", responses=error_responses(404, 422, *COMMON_ERRORS, 503)
 )
 async def read_run(
-    session: SessionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Run id.")]
+    db: ReadConnectionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Run id.")]
 ) -> dict[str, Any]:
     """A run by id; 404 when there is none."""
-    run = await get_run(session, run_id=id)
+    run = await get_run(db, run_id=id)
     if run is None:
         raise ApiError(404, f"run {id} not found")
     return run

@@ -10,22 +10,22 @@ from typing import Any
 
 from fastapi import APIRouter
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.deps import SessionDep, SourcesDep
+from app.api.deps import ReadConnectionDep, SourcesDep
 from app.api.responses import COMMON_ERRORS, error_responses
 from app.api.runs import last_runs
 from app.api.schemas import SourceList
+from app.db.session import Queryable
 
 router = APIRouter(tags=["sources"])
 
 
-async def source_state(session: AsyncSession, *, names: list[str]) -> tuple[dict[str, Any], dict[str, str | None]]:
+async def source_state(db: Queryable, *, names: list[str]) -> tuple[dict[str, Any], dict[str, str | None]]:
     """Checkpoint values and paused reasons of these sources."""
-    checkpoints = await session.execute(
+    checkpoints = await db.execute(
         text("SELECT source, value FROM checkpoints WHERE source = ANY(:names)"), {"names": names}
     )
-    paused = await session.execute(
+    paused = await db.execute(
         text("SELECT name, paused_reason FROM sources WHERE name = ANY(:names)"), {"names": names}
     )
     return {row.source: row.value for row in checkpoints}, {row.name: row.paused_reason for row in paused}
@@ -34,11 +34,11 @@ async def source_state(session: AsyncSession, *, names: list[str]) -> tuple[dict
 @router.get(
     "/sources", response_model=SourceList, summary="Configured sources", responses=error_responses(*COMMON_ERRORS, 503)
 )
-async def list_sources(session: SessionDep, sources: SourcesDep) -> dict[str, Any]:
+async def list_sources(db: ReadConnectionDep, sources: SourcesDep) -> dict[str, Any]:
     """Every configured source: kind, schedule, enabled, checkpoint, last run."""
     names = list(sources)
-    checkpoints, paused = await source_state(session, names=names)
-    last = await last_runs(session, sources=names)
+    checkpoints, paused = await source_state(db, names=names)
+    last = await last_runs(db, sources=names)
     return {
         "sources": [
             {

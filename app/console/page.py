@@ -14,12 +14,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.api.deps import SessionDep, SettingsDep, SourcesDep
+from app.api.deps import ReadConnectionDep, SettingsDep, SourcesDep
 from app.api.runs import last_runs
 from app.api.sources import source_state
 from app.api.stats import drift_event_count, record_stats, runs_by_status
+from app.db.session import Queryable
 from app.queue_depth import queue_depths
 from celeryconfig import QUEUES
 
@@ -30,7 +30,7 @@ RUNS_PER_CHART = 20
 CHART_WIDTH, CHART_HEIGHT = 200, 40
 
 
-async def recent_runs(session: AsyncSession, *, names: list[str], per_source: int) -> dict[str, list[dict[str, Any]]]:
+async def recent_runs(db: Queryable, *, names: list[str], per_source: int) -> dict[str, list[dict[str, Any]]]:
     """The last `per_source` runs of each source, oldest first (for the chart)."""
     sql = """
         SELECT r.* FROM unnest(CAST(:names AS text[])) AS s(name)
@@ -40,16 +40,16 @@ async def recent_runs(session: AsyncSession, *, names: list[str], per_source: in
         ) AS r
     """
     result: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
-    for row in (await session.execute(text(sql), {"names": names, "n": per_source})).mappings():
+    for row in (await db.execute(text(sql), {"names": names, "n": per_source})).mappings():
         result[row["source"]].insert(0, dict(row))
     return result
 
 
-async def troubled_runs(session: AsyncSession, *, limit: int = 10) -> list[dict[str, Any]]:
+async def troubled_runs(db: Queryable, *, limit: int = 10) -> list[dict[str, Any]]:
     """The most recent failed or partial runs, with their errors."""
     sql = """SELECT id, source, status, finished_at, fetched, rejected, error FROM runs
              WHERE status IN ('failed', 'partial') ORDER BY id DESC LIMIT :limit"""
-    return [dict(row) for row in (await session.execute(text(sql), {"limit": limit})).mappings()]
+    return [dict(row) for row in (await db.execute(text(sql), {"limit": limit})).mappings()]
 
 
 def bar_chart(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,12 +72,12 @@ def bar_chart(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 @router.get("/", response_class=HTMLResponse)
-async def console(request: Request, session: SessionDep, settings: SettingsDep, sources: SourcesDep) -> HTMLResponse:
+async def console(request: Request, db: ReadConnectionDep, settings: SettingsDep, sources: SourcesDep) -> HTMLResponse:
     names = list(sources)
-    by_source, rejected = await record_stats(session)
-    checkpoints, paused = await source_state(session, names=names)
-    last = await last_runs(session, sources=names)
-    history = await recent_runs(session, names=names, per_source=RUNS_PER_CHART)
+    by_source, rejected = await record_stats(db)
+    checkpoints, paused = await source_state(db, names=names)
+    last = await last_runs(db, sources=names)
+    history = await recent_runs(db, names=names, per_source=RUNS_PER_CHART)
     context = {
         "sources": [
             {
@@ -92,9 +92,9 @@ async def console(request: Request, session: SessionDep, settings: SettingsDep, 
         ],
         "total_records": sum(by_source.values()),
         "rejected": rejected,
-        "drift_events": await drift_event_count(session),
-        "by_status": await runs_by_status(session),
-        "troubled": await troubled_runs(session),
+        "drift_events": await drift_event_count(db),
+        "by_status": await runs_by_status(db),
+        "troubled": await troubled_runs(db),
         "queues": await queue_depths(
             broker_url=settings.celery_broker_url or settings.redis_url,
             broker_redis=request.app.state.broker_redis,

@@ -1,11 +1,29 @@
-"""The API's async engine (asyncpg): one pool per process, opened and closed by the
-FastAPI lifespan, with a server-side statement timeout so no query can hold a
-connection for long."""
+"""The API's async engines (asyncpg), opened and closed by the FastAPI lifespan. Every
+connection carries a server-side statement timeout so no query can hold one for long.
+
+Two pools, because reads and writes want different things:
+
+- the write engine (POST /runs, webhooks, idempotency) hands out transactional
+  sessions and pings each connection at checkout, so a write never starts on a dead one;
+- the read engine runs in AUTOCOMMIT without pre-ping: a read-only request then costs
+  only its own statements, with no ping, BEGIN or ROLLBACK round trips around them.
+  A connection that died (PostgreSQL restarted) fails its first statement instead;
+  SQLAlchemy then invalidates the whole pool, that request answers 503 and the next
+  ones reconnect.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+from sqlalchemy.ext.asyncio import (
+    AsyncConnection,
+    AsyncEngine,
+    AsyncSession,
+    async_sessionmaker,
+    create_async_engine,
+)
 
 from app.settings import Settings
 
@@ -13,20 +31,21 @@ STATEMENT_TIMEOUT_MS = 5_000
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 15_000
 CONNECT_TIMEOUT_S = 5.0
 
+# What the query helpers accept: the read connection or a write session.
+Queryable = AsyncConnection | AsyncSession
+
 
 def _json_dumps(value: object) -> str:
     return orjson.dumps(value).decode()
 
 
-def create_engine(settings: Settings, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
-    """An asyncpg engine whose every connection carries the API's timeouts."""
+def _engine(settings: Settings, *, pool_size: int, max_overflow: int, **options: Any) -> AsyncEngine:
     return create_async_engine(
         settings.async_database_url,
         pool_size=pool_size,
         max_overflow=max_overflow,
         pool_timeout=CONNECT_TIMEOUT_S,
         pool_recycle=1800,
-        pool_pre_ping=True,
         json_serializer=_json_dumps,
         json_deserializer=orjson.loads,
         connect_args={
@@ -38,7 +57,18 @@ def create_engine(settings: Settings, *, pool_size: int = 10, max_overflow: int 
                 "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
             },
         },
+        **options,
     )
+
+
+def create_engine(settings: Settings, *, pool_size: int = 5, max_overflow: int = 5) -> AsyncEngine:
+    """The write engine: transactional sessions on pinged connections."""
+    return _engine(settings, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
+
+
+def create_read_engine(settings: Settings, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+    """The read engine: AUTOCOMMIT (no BEGIN/ROLLBACK per request), no pre-ping."""
+    return _engine(settings, pool_size=pool_size, max_overflow=max_overflow, isolation_level="AUTOCOMMIT")
 
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
