@@ -23,7 +23,7 @@ from workers.pipeline.finalize import fail_run, finalize_run
 from workers.pipeline.gc_pause import paused_gc
 from workers.pipeline.incremental import is_after
 from workers.pipeline.raw import encode_item, store_chunk
-from workers.pipeline.unchanged import BATCH, UnchangedRows
+from workers.pipeline.unchanged import BATCH, Sifted, UnchangedRows
 from workers.sources.base import FetchState, RawItem, SourceError, dotted_get
 from workers.sources.registry import extract
 
@@ -105,8 +105,8 @@ def _store_and_fan_out(
     enqueue_chunk: EnqueueChunk,
 ) -> int:
     incremental = source.incremental_field
-    unchanged = UnchangedRows(conn, run_id=run_id, source=source)
-    pending: list[RawItem] = []  # read, not yet compared with what is stored
+    pending: list[RawItem] = []  # read, not yet handed to the unchanged-row filter
+    in_flight: Sifted | None = None  # the batch being compared meanwhile
     buffer: list[list[Any]] = []  # kept rows of the next chunk
     skipped = 0  # rows left out since the last stored chunk; counted with the next one
     chunk_no = 0
@@ -127,10 +127,9 @@ def _store_and_fan_out(
         buffer, skipped = [], 0
         gc.collect(1)  # the collector is paused below: clear anything cyclic once per chunk
 
-    def sift() -> None:
-        nonlocal pending, skipped
-        kept, dropped = unchanged.sift(pending)
-        pending = []
+    def keep(sifted: Sifted) -> None:
+        nonlocal skipped
+        kept, dropped = sifted()
         skipped += dropped
         for item in kept:
             buffer.append(encode_item(item))
@@ -139,15 +138,25 @@ def _store_and_fan_out(
         if time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
             heartbeat()  # a long stretch of unchanged rows stores no chunk
 
-    with paused_gc():
+    def hand_on() -> None:
+        """Start comparing the pending batch; meanwhile keep what the previous one left."""
+        nonlocal pending, in_flight
+        submitted, pending = unchanged.submit(pending), []
+        if in_flight is not None:
+            keep(in_flight)
+        in_flight = submitted
+
+    with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source) as unchanged:
         for item in items:
             if incremental and item.record is not None and state.checkpoint is not None:
                 if not is_after(dotted_get(item.record, incremental), state.checkpoint):
                     continue  # at or before the checkpoint: already committed by an earlier run
             pending.append(item)
             if len(pending) >= BATCH:
-                sift()
-        sift()
+                hand_on()
+        hand_on()
+        if in_flight is not None:
+            keep(in_flight)
         if buffer or skipped:
             flush()  # even empty: the chunk carries the count of rows left out
     return chunk_no

@@ -27,6 +27,9 @@ chunk_ledger.skipped), and schema drift is judged with them in mind (finalize.py
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
 import psycopg
 
 from app.sources_config import SourceConfig
@@ -40,18 +43,18 @@ BATCH = 5000  # rows compared per query
 _SAMPLE_SIZE = 8
 _RECOGNISABLE = """
 SELECT count(*) FROM unnest(%(keys)s::text[]) AS k(id)
-WHERE EXISTS (SELECT 1 FROM records r WHERE r.source = %(source)s AND r.external_id = k.id
-              AND r.raw_digest IS NOT NULL AND r.last_run_id IS DISTINCT FROM %(run_id)s)
+WHERE (SELECT r.raw_digest FROM records r
+       WHERE r.source = %(source)s AND r.external_id = k.id AND r.last_run_id IS DISTINCT FROM %(run_id)s) IS NOT NULL
 """
-# The positions (1-based) of the rows to keep. One correlated probe per key, an index scan
-# on (source, external_id) whatever the statistics say; the digests travel as one bytea.
+# The positions (1-based) of the rows to keep. Scalar subqueries, never flattened into a
+# join: one index probe on (source, external_id) per key, whatever the statistics say (an
+# anti-join planned from a fresh table's statistics read the whole source instead). The
+# digests travel as one bytea, 16 bytes a row in key order.
 _TO_KEEP = f"""
 SELECT k.n FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS k(id, n)
-WHERE NOT EXISTS (
-    SELECT 1 FROM records r
-    WHERE r.source = %(source)s AND r.external_id = k.id
-      AND r.raw_digest = substring(%(digests)s::bytea FROM (k.n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES})
-      AND r.last_run_id IS DISTINCT FROM %(run_id)s)
+WHERE (SELECT r.raw_digest FROM records r
+       WHERE r.source = %(source)s AND r.external_id = k.id AND r.last_run_id IS DISTINCT FROM %(run_id)s)
+      IS DISTINCT FROM substring(%(digests)s::bytea FROM (k.n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES})
 """
 
 
@@ -60,8 +63,17 @@ def filters(source: SourceConfig) -> bool:
     return source.incremental_field is None and source.on_drift != "reject"
 
 
+Sifted = Callable[[], tuple[list[RawItem], int]]
+
+
 class UnchangedRows:
-    """Digests a run's raw items and drops those whose record is stored unchanged."""
+    """Digests a run's raw items and drops those whose record is stored unchanged.
+
+    The comparison runs in PostgreSQL (an index probe per row) on a connection of its own,
+    from a helper thread: while the database compares one batch, the fetch stage reads
+    and digests the next (psycopg releases the GIL while it waits). Use as a context
+    manager: leaving it closes the thread and the connection.
+    """
 
     def __init__(self, conn: psycopg.Connection, *, run_id: int, source: SourceConfig):
         self.conn = conn
@@ -69,50 +81,80 @@ class UnchangedRows:
         self.source_name = source.name
         self.enabled = filters(source)
         self._digester = RowDigester(source)
+        self._executor: ThreadPoolExecutor | None = None
+        self._probe_conn: psycopg.Connection | None = None
 
-    def sift(self, items: list[RawItem]) -> tuple[list[RawItem], int]:
-        """The items to keep, in order (their digests set), and how many were dropped."""
+    def __enter__(self) -> UnchangedRows:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+        if self._probe_conn is not None:
+            self._probe_conn.close()
+
+    def submit(self, items: list[RawItem]) -> Sifted:
+        """Start sifting a batch (its digests are set now); the returned function gives the
+        items to keep, in order, and how many were dropped."""
         if not self.enabled or not items:
-            return items, 0
+            return lambda: (items, 0)
+        positions, keys, digests = self._recognisable(items)
+        if not keys:
+            return lambda: (items, 0)
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="unchanged-rows")
+        probe = self._executor.submit(self._rows_to_keep, keys, b"".join(digests))
+
+        def sifted() -> tuple[list[RawItem], int]:
+            to_keep = probe.result()
+            if to_keep is None:
+                return items, 0
+            dropped = set(positions).difference(positions[n - 1] for n in to_keep)
+            if not dropped:
+                return items, 0
+            return [item for position, item in enumerate(items) if position not in dropped], len(dropped)
+
+        return sifted
+
+    def _recognisable(self, items: list[RawItem]) -> tuple[list[int], list[str], list[bytes]]:
+        """Set every record's digest; the positions, keys and digests of those that could be
+        recognised (a usable id, not repeated in the batch)."""
         key_of, digest_of = self._digester.key, self._digester.digest
-        positions: list[int] = []  # index into items of every recognisable row
+        positions: list[int] = []
         keys: list[str] = []
         digests: list[bytes] = []
         for position, item in enumerate(items):
             record = item.record
             if type(record) is not dict:
                 continue
-            digest = digest_of(record)
-            item.digest = digest
+            digest = item.digest = digest_of(record)
             key = key_of(record)
             if key is not None and digest is not None:
                 positions.append(position)
                 keys.append(key)
                 digests.append(digest)
         if len(set(keys)) != len(keys):
-            positions, keys, digests = _without_repeated_keys(positions, keys, digests)
-        if not keys or not self._any_recognisable(keys):
-            return items, 0
-        with self.conn.transaction():
-            # Thousands of probes add up to a plan cost above jit_above_cost; compiling
-            # costs more than it saves. Transaction-scoped.
-            self.conn.execute("SET LOCAL jit = off")
-            kept = self.conn.execute(
-                _TO_KEEP,
-                {"keys": keys, "digests": b"".join(digests), "source": self.source_name, "run_id": self.run_id},
-            ).fetchall()
-        dropped = set(positions).difference(positions[n - 1] for (n,) in kept)
-        if not dropped:
-            return items, 0
-        return [item for position, item in enumerate(items) if position not in dropped], len(dropped)
+            return _without_repeated_keys(positions, keys, digests)
+        return positions, keys, digests
 
-    def _any_recognisable(self, keys: list[str]) -> bool:
+    def _rows_to_keep(self, keys: list[str], digests: bytes) -> list[int] | None:
+        """In the helper thread: the 1-based positions to keep, None for all of them."""
+        conn = self._connection()
+        params = {"source": self.source_name, "run_id": self.run_id}
         sample = keys[:: max(1, len(keys) // _SAMPLE_SIZE)]
-        row = self.conn.execute(
-            _RECOGNISABLE, {"keys": sample, "source": self.source_name, "run_id": self.run_id}
-        ).fetchone()
-        self.conn.commit()
-        return bool(row and row[0])
+        row = conn.execute(_RECOGNISABLE, {**params, "keys": sample}).fetchone()
+        if not (row and row[0]):
+            return None
+        return [n for (n,) in conn.execute(_TO_KEEP, {**params, "keys": keys, "digests": digests})]
+
+    def _connection(self) -> psycopg.Connection:
+        if self._probe_conn is None:
+            info = self.conn.info
+            self._probe_conn = psycopg.connect(info.dsn, password=info.password, autocommit=True)
+            # Thousands of probes add up to a plan cost above jit_above_cost; compiling
+            # costs more than it saves.
+            self._probe_conn.execute("SET jit = off")
+        return self._probe_conn
 
 
 def _without_repeated_keys(
