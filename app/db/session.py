@@ -66,7 +66,7 @@ def create_engine(settings: Settings, *, pool_size: int = 5, max_overflow: int =
     return _engine(settings, pool_size=pool_size, max_overflow=max_overflow, pool_pre_ping=True)
 
 
-def create_read_engine(settings: Settings, *, pool_size: int = 10, max_overflow: int = 10) -> AsyncEngine:
+def create_read_engine(settings: Settings, *, pool_size: int = 20, max_overflow: int = 0) -> AsyncEngine:
     """The read engine: AUTOCOMMIT (no BEGIN/ROLLBACK per request), no pre-ping."""
     return _engine(settings, pool_size=pool_size, max_overflow=max_overflow, isolation_level="AUTOCOMMIT")
 

@@ -238,6 +238,18 @@ async def test_total_without_text_filters_comes_from_maintained_counts(client, d
     assert (await client.get("/data", params={"source": ["news", "nope"]})).json()["total"] == 1
 
 
+async def test_total_is_the_same_on_a_page_past_the_end(client, db):
+    # The total normally comes with the page's rows; an empty page must still carry it.
+    seed(db, {"posts": 3, "news": 2})
+    for params in ({}, {"source": ["posts"]}, {"source": ["news", "nope"]}):
+        full = (await client.get("/data", params=params)).json()
+        past = (await client.get("/data", params={**params, "page": 99})).json()
+        assert past["items"] == [] and past["total"] == full["total"] == db.execute(
+            "SELECT count(*) FROM records WHERE source = ANY(%s)", [params.get("source", ["posts", "news"])]
+        ).fetchone()[0]
+        assert past["total_is_estimate"] is full["total_is_estimate"] is False
+
+
 async def test_total_above_the_cap_is_a_flagged_estimate(client, db, monkeypatch):
     monkeypatch.setattr(data_module, "EXACT_TOTAL_CAP", 5)
     insert_records(db, [{"source": "posts", "external_id": str(i), "title": "many"} for i in range(12)])
