@@ -82,7 +82,6 @@ class UnchangedRows:
         self.enabled = filters(source)
         self._digester = RowDigester(source)
         self._executor: ThreadPoolExecutor | None = None
-        self._probe_conn: psycopg.Connection | None = None
 
     def __enter__(self) -> UnchangedRows:
         return self
@@ -90,8 +89,6 @@ class UnchangedRows:
     def __exit__(self, *exc_info: object) -> None:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
-        if self._probe_conn is not None:
-            self._probe_conn.close()
 
     def submit(self, items: list[RawItem]) -> Sifted:
         """Start sifting a batch (its digests are set now); the returned function gives the
@@ -148,13 +145,20 @@ class UnchangedRows:
         return [n for (n,) in conn.execute(_TO_KEEP, {**params, "keys": keys, "digests": digests})]
 
     def _connection(self) -> psycopg.Connection:
-        if self._probe_conn is None:
-            info = self.conn.info
-            self._probe_conn = psycopg.connect(info.dsn, password=info.password, autocommit=True)
+        info = self.conn.info
+        probe_conn = _probe_connections.get(info.dsn)
+        if probe_conn is None or probe_conn.closed or probe_conn.broken:
+            probe_conn = psycopg.connect(info.dsn, password=info.password, autocommit=True)
             # Thousands of probes add up to a plan cost above jit_above_cost; compiling
             # costs more than it saves.
-            self._probe_conn.execute("SET jit = off")
-        return self._probe_conn
+            probe_conn.execute("SET jit = off")
+            _probe_connections[info.dsn] = probe_conn
+        return probe_conn
+
+
+# Like the task's own connection (workers/db.py), one per process and database, kept
+# between runs and replaced when broken; used by one helper thread at a time.
+_probe_connections: dict[str, psycopg.Connection] = {}
 
 
 def _without_repeated_keys(

@@ -1,0 +1,181 @@
+"""Unchanged rows are recognised by their raw digest at the fetch stage and left out.
+
+Through the real worker: counts, what was stored as raw chunks, which records were
+written (xmin moves only on a write), and the cases where rows must NOT be left out.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from app.sources_config import SourceConfig
+from tests.support.http_server import LocalHTTPServer, Response
+from tests.support.pipeline import ingest, records, source
+from workers.pipeline.raw_digest import RowDigester, config_fingerprint
+from workers.pipeline.unchanged import filters
+
+pytestmark = pytest.mark.usefixtures("worker")
+
+HEADER = ["id", "name", "score"]
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(HEADER)
+        writer.writerows(rows)
+
+
+def csv_rows(n: int) -> list[list[str]]:
+    return [[str(i), f"name {i}", str(i * 2)] for i in range(1, n + 1)]
+
+
+def write_versions(db: psycopg.Connection, source_name: str) -> dict[str, int]:
+    """external_id -> xmin: the transaction that last wrote each record."""
+    rows = db.execute("SELECT external_id, xmin::text::bigint FROM records WHERE source = %s", (source_name,))
+    return dict(rows.fetchall())
+
+
+def raw_chunks_of(db: psycopg.Connection, run_id: int) -> tuple[int, int]:
+    """(rows stored as raw chunks, rows counted as skipped) for a run."""
+    row = db.execute(
+        "SELECT coalesce(sum(item_count), 0), coalesce(sum(skipped), 0) FROM raw_chunks WHERE run_id = %s", (run_id,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_a_rerun_stores_and_writes_only_the_changed_rows(db: psycopg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    rows = csv_rows(60)
+    write_csv(path, rows)
+    config = source("people", "csv", str(path), chunk_size=10, types={"score": "int"}, fields={"title": "name"})
+    first = ingest(db, config)
+    assert first["inserted"] == 60
+    before = write_versions(db, "people")
+
+    for i in (4, 30, 59):  # three rows change, and one is added
+        rows[i - 1][1] = f"renamed {i}"
+    rows.append(["61", "name 61", "122"])
+    write_csv(path, rows)
+    second = ingest(db, config)
+
+    assert (second["fetched"], second["inserted"], second["updated"], second["unchanged"]) == (61, 1, 3, 57)
+    assert raw_chunks_of(db, second["id"]) == (4, 57)  # only the 4 rows that differ were stored
+    stored = records(db, "people")
+    assert stored["30"]["title"] == "renamed 30" and stored["61"]["data"]["score"] == 122
+    after = write_versions(db, "people")
+    rewritten = {key for key in before if after[key] != before[key]}
+    assert rewritten == {"4", "30", "59"}  # the 57 unchanged records cost no write
+
+
+def test_a_changed_mapping_renormalises_every_row(db: psycopg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "people.csv"
+    write_csv(path, csv_rows(20))
+    ingest(db, source("people", "csv", str(path), fields={"title": "name"}))
+    path.write_text(path.read_text() + "21,name 21,42\n")  # a new file hash, so the file is read
+
+    remapped = ingest(db, source("people", "csv", str(path), fields={"title": "score"}))
+
+    assert raw_chunks_of(db, remapped["id"]) == (21, 0)  # nothing recognised: the mapping changed
+    assert (remapped["inserted"], remapped["updated"]) == (1, 20)
+    assert records(db, "people")["7"]["title"] == "14"
+
+
+def test_same_content_with_a_new_raw_form_refreshes_the_digest_without_an_update(
+    db: psycopg.Connection,
+) -> None:
+    rows = [{"id": i, "name": f"n{i}", "score": i} for i in range(1, 11)]
+    served = {"body": json.dumps(rows)}
+    with LocalHTTPServer() as server:
+        server.route("/things", lambda _r: Response(200, served["body"]))
+        config = source("things", "http_json", f"{server.url}/things")
+        ingest(db, config)
+        # Same records, keys in another order: a different raw row, the same normalised record.
+        served["body"] = json.dumps([{"score": r["score"], "name": r["name"], "id": r["id"]} for r in rows])
+        reordered = ingest(db, config)
+        third = ingest(db, config)
+
+    assert (reordered["updated"], reordered["unchanged"]) == (0, 10)
+    assert raw_chunks_of(db, reordered["id"]) == (10, 0)  # not recognised: each row went through
+    assert (third["updated"], third["unchanged"]) == (0, 10)
+    assert raw_chunks_of(db, third["id"]) == (0, 10)  # the refreshed digests are recognised
+
+
+def test_an_id_repeated_in_a_batch_is_never_left_out(db: psycopg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "dupes.csv"
+    rows = [*csv_rows(5), ["3", "second copy of 3", "99"]]
+    write_csv(path, rows)
+    config = source("dupes", "csv", str(path), fields={"title": "name"})
+    ingest(db, config)
+    assert records(db, "dupes")["3"]["title"] == "second copy of 3"
+
+    write_csv(path, [*rows, ["6", "name 6", "12"]])
+    again = ingest(db, config)
+
+    assert raw_chunks_of(db, again["id"]) == (3, 4)  # both copies of 3, and the new row
+    assert records(db, "dupes")["3"]["title"] == "second copy of 3"
+    assert again["fetched"] == 7
+
+
+def test_left_out_rows_are_no_evidence_of_removed_fields(db: psycopg.Connection) -> None:
+    # Only some records carry "tag"; the ones that change this time do not.
+    rows = [{"id": i, "name": f"n{i}", **({"tag": "x"} if i % 2 else {})} for i in range(1, 21)]
+    served = {"body": json.dumps(rows)}
+    with LocalHTTPServer() as server:
+        server.route("/things", lambda _r: Response(200, served["body"]))
+        config = source("tagged", "http_json", f"{server.url}/things")
+        ingest(db, config)
+        for row in rows:
+            if row["id"] % 2 == 0:
+                row["name"] += " (edited)"
+                row["color"] = "red"
+        served["body"] = json.dumps(rows)
+        second = ingest(db, config)
+
+    assert (second["updated"], second["unchanged"]) == (10, 10)
+    events = db.execute("SELECT kind, field FROM drift_events WHERE source = 'tagged' ORDER BY id").fetchall()
+    assert events == [("added", "color")]  # not ("removed", "tag"): the tagged rows were left out unchanged
+    known = dict(db.execute("SELECT field, type FROM schema_fields WHERE source = 'tagged'").fetchall())
+    assert known == {"id": "number", "name": "str", "tag": "str", "color": "str"}
+
+
+def test_reject_sources_are_not_filtered(db: psycopg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "strict.csv"
+    write_csv(path, csv_rows(10))
+    config = source("strict", "csv", str(path), on_drift="reject")
+    ingest(db, config)
+    path.write_text(path.read_text() + "11,name 11,22\n")
+    again = ingest(db, config)
+    assert raw_chunks_of(db, again["id"]) == (11, 0)
+    assert db.execute("SELECT count(*) FROM records WHERE raw_digest IS NOT NULL").fetchone()[0] == 0
+
+
+def test_digester_keys_follow_the_normaliser_and_fingerprints_follow_the_mapping() -> None:
+    digester = RowDigester(SourceConfig(name="s", kind="http_json", url="http://x", id_field="id"))
+    assert digester.key({"id": 7}) == "7"
+    assert digester.key({"id": "a\x00b"}) == "a\ufffdb"  # as stored
+    assert [digester.key({"id": v}) for v in ("", "  ", None, True, 1.5, [1])] == [None] * 6
+    nested = RowDigester(SourceConfig(name="s", kind="http_json", url="http://x", id_field="meta.id"))
+    assert nested.key({"meta": {"id": "k"}}) == "k"
+    assert digester.digest({"id": 1, "a": 2}) != digester.digest({"a": 2, "id": 1})  # the raw form counts
+    assert digester.digest({"id": 1}) == RowDigester(SourceConfig(name="t", kind="http_json", url="http://y",
+                                                                  id_field="id")).digest({"id": 1})
+
+    def csv_source(**config: object) -> SourceConfig:
+        return SourceConfig(name="s", kind="csv", url="/f.csv", **{"id_field": "id", **config})  # type: ignore[arg-type]
+
+    def fingerprint(**config: object) -> bytes:
+        return config_fingerprint(csv_source(**config))
+
+    assert fingerprint() == fingerprint(schedule="every 5m", chunk_size=7)  # not about normalising
+    assert filters(csv_source())
+    assert not filters(csv_source(incremental_field="id"))
+    assert not filters(csv_source(on_drift="reject"))
+    assert len({fingerprint(), fingerprint(types={"a": "int"}), fingerprint(fields={"title": "a"}),
+                fingerprint(id_field="a")}) == 4
