@@ -37,6 +37,7 @@ async def test_stats_shape_and_counts(client, db):
     body = response.json()
     assert set(body) == {"records", "runs", "queues", "rejected", "drift_events"}
     assert body["records"] == {"total": 4, "by_source": {"news": 1, "posts": 3}}
+    assert list(body["records"]["by_source"]) == ["news", "posts"]  # in source order
     assert set(body["runs"]) == {"total", "by_status", "last_by_source"}
     assert body["runs"]["total"] == 4
     assert body["runs"]["by_status"] == {"queued": 1, "running": 0, "succeeded": 1, "partial": 1, "failed": 1}
@@ -44,6 +45,13 @@ async def test_stats_shape_and_counts(client, db):
     assert body["runs"]["last_by_source"]["news"]["status"] == "queued"
     assert set(body["queues"]) == {"fetch", "normalize", "maintenance"}
     assert body["rejected"] == 2 and body["drift_events"] == 1
+
+
+async def test_stats_of_an_empty_database(client, db):
+    body = (await client.get("/stats")).json()
+    assert body["records"] == {"total": 0, "by_source": {}}
+    assert body["runs"]["by_status"] == dict.fromkeys(["queued", "running", "succeeded", "partial", "failed"], 0)
+    assert body["runs"]["total"] == 0 and body["rejected"] == 0 and body["drift_events"] == 0
 
 
 async def test_queue_depth_counts_messages_waiting_in_redis(client, db):
