@@ -42,19 +42,20 @@ BATCH = 5000  # rows compared per query
 # new records), the batch is kept whole without comparing every row.
 _SAMPLE_SIZE = 8
 _RECOGNISABLE = """
-SELECT count(*) FROM unnest(%(keys)s::text[]) AS k(id)
+SELECT count(*) FROM unnest(%(keys)b::text[]) AS k(id)
 WHERE (SELECT r.raw_digest FROM records r
        WHERE r.source = %(source)s AND r.external_id = k.id AND r.last_run_id IS DISTINCT FROM %(run_id)s) IS NOT NULL
 """
 # The positions (1-based) of the rows to keep. Scalar subqueries, never flattened into a
 # join: one index probe on (source, external_id) per key, whatever the statistics say (an
 # anti-join planned from a fresh table's statistics read the whole source instead). The
-# digests travel as one bytea, 16 bytes a row in key order.
+# digests travel as one bytea, 16 bytes a row in key order. Both parameters are sent in
+# binary (%b): dumping 5,000 keys as a text array cost the fetch stage 2.7x more CPU.
 _TO_KEEP = f"""
-SELECT k.n FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS k(id, n)
+SELECT k.n FROM unnest(%(keys)b::text[]) WITH ORDINALITY AS k(id, n)
 WHERE (SELECT r.raw_digest FROM records r
        WHERE r.source = %(source)s AND r.external_id = k.id AND r.last_run_id IS DISTINCT FROM %(run_id)s)
-      IS DISTINCT FROM substring(%(digests)s::bytea FROM (k.n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES})
+      IS DISTINCT FROM substring(%(digests)b::bytea FROM (k.n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES})
 """
 
 
