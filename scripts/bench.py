@@ -355,6 +355,18 @@ def cpu(result: RunResult) -> str:
             f"API {result.api_cpu_s:.1f} s")
 
 
+def what_the_rerun_touched(run_id: int) -> dict[str, int]:
+    """Rows the re-run stored as raw chunks and left out at the fetch stage, and the records
+    it wrote (their last_run_id is the run's)."""
+    with psycopg.connect(DB_URL) as conn:
+        stored, skipped = conn.execute(
+            "SELECT coalesce(sum(item_count), 0), coalesce(sum(skipped), 0) FROM raw_chunks WHERE run_id = %s",
+            (run_id,),
+        ).fetchone() or (0, 0)
+        (written,) = conn.execute("SELECT count(*) FROM records WHERE last_run_id = %s", (run_id,)).fetchone() or (0,)
+    return {"rows_stored": int(stored), "rows_left_out": int(skipped), "records_written": int(written)}
+
+
 def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) -> dict[str, Any]:
     rows, changed = ARGS.rows, files["changed_count"]
     steps: dict[str, list[Any]] = {"reference": [], "first": [], "unchanged": [], "changed": [], "json": []}
@@ -386,6 +398,9 @@ def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) 
         assert counts["updated"] == changed and counts["inserted"] == 0, changed_run.run
         steps["changed"].append(changed_run)
         log(f"  1%-changed re-run: {changed_run.seconds:.2f} s ({cpu(changed_run)}), counts {counts}")
+        changed_detail = what_the_rerun_touched(changed_run.run["id"])
+        assert changed_detail["records_written"] == changed, changed_detail
+        log(f"  1%-changed re-run: {changed_detail}")
 
         stack.checkpoint(DB_URL)
         json_run = timed_run(client, "bench_api", workers)
@@ -405,6 +420,7 @@ def run_repeats(client: httpx.Client, workers: Workers, files: dict[str, Path]) 
             for name in ("first", "unchanged", "changed", "json")
         },
         "changed_counts": steps["changed"][-1].run["counts"],
+        "changed_detail": changed_detail,
         "unchanged_counts": steps["unchanged"][-1].run["counts"],
         "all": {name: [r if isinstance(r, float) else r.seconds for r in values] for name, values in steps.items()},
         "worker_peaks": [r.worker_peaks_mib for r in steps["first"]],

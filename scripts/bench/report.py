@@ -97,7 +97,10 @@ def render(results: dict[str, Any], *, command: str) -> str:
         "- CPU seconds spent (median), worker processes / this database's PostgreSQL backends: "
         + "; ".join(f"{name} {c['workers']:.1f} / {c['postgres']:.1f}" for name, c in results["cpu_s"].items()),
         f"- unchanged re-run counts: {results['unchanged_counts']} (recognised by file hash before parsing)",
-        f"- 1%-changed re-run counts: {results['changed_counts']}",
+        f"- 1%-changed re-run counts: {results['changed_counts']}; rows stored as raw chunks "
+        f"{results['changed_detail']['rows_stored']:,}, left out unchanged at the fetch stage "
+        f"{results['changed_detail']['rows_left_out']:,} (raw digest), records written "
+        f"{results['changed_detail']['records_written']:,}",
         f"- worker peak RSS (largest single worker process, VmHWM): {peak_small:.0f} MiB at 100,000 rows, "
         f"{peak_full:.0f} MiB at {rows:,} rows = {peak_full / peak_small:.2f}x; targets ≤ 1.2x: "
         f"{_ok(peak_full <= 1.2 * peak_small)}, < 150 MB per process: {_ok(peak_full * 1.048576 < 150)}",
