@@ -127,14 +127,17 @@ def _store_and_fan_out(
         buffer, skipped = [], 0
         gc.collect(1)  # the collector is paused below: clear anything cyclic once per chunk
 
+    def add(item: RawItem) -> None:
+        buffer.append(encode_item(item))
+        if len(buffer) >= source.chunk_size:
+            flush()
+
     def keep(sifted: Sifted) -> None:
         nonlocal skipped
         kept, dropped = sifted()
         skipped += dropped
         for item in kept:
-            buffer.append(encode_item(item))
-            if len(buffer) >= source.chunk_size:
-                flush()
+            add(item)
         if time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
             heartbeat()  # a long stretch of unchanged rows stores no chunk
 
@@ -146,13 +149,19 @@ def _store_and_fan_out(
             keep(in_flight)
         in_flight = submitted
 
+    # Compared a chunk's worth at a time (capped: two batches are held at once), so that a
+    # slow upstream's first rows reach the workers about as early as without the filter.
+    batch_size = min(source.chunk_size, BATCH)
     with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source) as unchanged:
         for item in items:
             if incremental and item.record is not None and state.checkpoint is not None:
                 if not is_after(dotted_get(item.record, incremental), state.checkpoint):
                     continue  # at or before the checkpoint: already committed by an earlier run
+            if not unchanged.enabled:
+                add(item)
+                continue
             pending.append(item)
-            if len(pending) >= BATCH:
+            if len(pending) >= batch_size:
                 hand_on()
         hand_on()
         if in_flight is not None:

@@ -36,7 +36,7 @@ from app.sources_config import SourceConfig
 from workers.pipeline.raw_digest import DIGEST_BYTES, RowDigester
 from workers.sources.base import RawItem
 
-BATCH = 5000  # rows compared per query
+BATCH = 5000  # rows compared per query, at most (the fetch stage sends a chunk's worth)
 
 # A few evenly spaced keys first: when none of them is recognisable (a first load, or
 # new records), the batch is kept whole without comparing every row.
