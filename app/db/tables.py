@@ -109,7 +109,9 @@ records = Table(
     metadata,
     Column("id", BigInteger, primary_key=True),
     Column("source", Text, nullable=False),
-    Column("external_id", Text, nullable=False),
+    # Byte order ("C"): index probes compare with memcmp instead of the locale's strcoll
+    # (a quarter faster), and it is the order Python sorts a chunk's keys in.
+    Column("external_id", Text(collation="C"), nullable=False),
     Column("title", Text),
     Column("content", Text),
     Column("author", Text),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gc
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,9 @@ log = structlog.get_logger(__name__)
 
 EnqueueChunk = Callable[[int, int], None]
 HEARTBEAT_EVERY_S = 5.0
+# Batches handed to the unchanged-row filter before the oldest one's result is taken: the
+# database always has the next batch queued while this process reads the one after.
+IN_FLIGHT = 2
 
 _CLAIM_FETCH = """
 UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), heartbeat_at = now(),
@@ -106,7 +110,7 @@ def _store_and_fan_out(
 ) -> int:
     incremental = source.incremental_field
     pending: list[RawItem] = []  # read, not yet handed to the unchanged-row filter
-    in_flight: Sifted | None = None  # the batch being compared meanwhile
+    in_flight: deque[Sifted] = deque()  # batches being compared meanwhile, oldest first
     buffer: list[list[Any]] = []  # kept rows of the next chunk
     skipped = 0  # rows left out since the last stored chunk; counted with the next one
     chunk_no = 0
@@ -143,11 +147,11 @@ def _store_and_fan_out(
 
     def hand_on() -> None:
         """Start comparing the pending batch; meanwhile keep what the previous one left."""
-        nonlocal pending, in_flight
-        submitted, pending = unchanged.submit(pending), []
-        if in_flight is not None:
-            keep(in_flight)
-        in_flight = submitted
+        nonlocal pending
+        in_flight.append(unchanged.submit(pending))
+        pending = []
+        if len(in_flight) > IN_FLIGHT:
+            keep(in_flight.popleft())
 
     # Compared a chunk's worth at a time (capped: two batches are held at once), so that a
     # slow upstream's first rows reach the workers about as early as without the filter.
@@ -164,8 +168,8 @@ def _store_and_fan_out(
             if len(pending) >= batch_size:
                 hand_on()
         hand_on()
-        if in_flight is not None:
-            keep(in_flight)
+        while in_flight:
+            keep(in_flight.popleft())
         if buffer or skipped:
             flush()  # even empty: the chunk carries the count of rows left out
     return chunk_no

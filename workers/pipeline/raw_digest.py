@@ -50,7 +50,8 @@ class RowDigester:
     """Keys and digests of one source's raw records."""
 
     def __init__(self, source: SourceConfig):
-        self._prefix = config_fingerprint(source)
+        # The fingerprint is hashed once; each row continues a copy of that state.
+        self._seeded = hashlib.blake2b(config_fingerprint(source), digest_size=DIGEST_BYTES)
         id_field = source.id_field or "id"
         self._id_key = id_field if id_field and "." not in id_field else None
         self._id_field = id_field
@@ -72,4 +73,6 @@ class RowDigester:
             encoded = orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
         except (TypeError, orjson.JSONEncodeError):
             return None  # not encodable as it stands: never recognised, always normalised
-        return hashlib.blake2b(self._prefix + encoded, digest_size=DIGEST_BYTES).digest()
+        digest = self._seeded.copy()
+        digest.update(encoded)
+        return digest.digest()

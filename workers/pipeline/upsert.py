@@ -26,7 +26,7 @@ from workers.pipeline.raw_digest import DIGEST_BYTES
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_records (
-    external_id  text NOT NULL,
+    external_id  text COLLATE "C" NOT NULL,
     title        text,
     content      text,
     author       text,

@@ -177,7 +177,8 @@ class CsvRows:
                 except UnicodeDecodeError:
                     raise PermanentError(f"{self.where}: file changed while being read (no longer UTF-8)") from None
                 if len(row) == width and "\x00" not in "".join(row):
-                    yield RawItem(dict(zip(header, row, strict=True)), start)
+                    # The width is checked just above; zip's strict= would check it again, slower.
+                    yield RawItem(dict(zip(header, row)), start)  # noqa: B905
                 elif not row:
                     continue  # blank line
                 elif len(row) != width:
