@@ -19,6 +19,7 @@ from app.api.responses import OrjsonResponse
 from app.console import page as console_page
 from app.db.session import create_engine, create_read_engine, create_sessionmaker
 from app.errors import install_exception_handlers
+from app.gc_tuning import tune_after_startup
 from app.logs import configure_logging
 from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from app.queue_depth import is_redis_url
@@ -57,6 +58,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.engine, app.state.sessionmaker = engine, create_sessionmaker(engine)
     app.state.read_engine = read_engine
     app.state.redis, app.state.broker_redis = redis, broker_redis
+    if getattr(app.state, "tune_gc", False):
+        tune_after_startup()
     try:
         yield
     finally:
@@ -103,7 +106,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def _module_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings)
-    return create_app(settings)
+    app = create_app(settings)
+    app.state.tune_gc = True  # the served process only (see app/gc_tuning.py)
+    return app
 
 
 app = _module_app()
