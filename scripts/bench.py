@@ -2,6 +2,7 @@
 
     python scripts/bench.py                          # 1M-row CSV, 100k-record JSON API, 3 repeats
     python scripts/bench.py --rows 100000 --quick    # while developing: 1 repeat, short load tests
+    python scripts/bench.py --api-only --database ingest_bench_api --redis-db 12   # API load tests only
 
 What it does, in a dedicated database (ingest_bench, dropped and recreated) and a
 dedicated Redis database number, with processes it starts and stops itself:
@@ -19,6 +20,13 @@ dedicated Redis database number, with processes it starts and stops itself:
    keyset page past 900,000, a selective `q`), /stats, and a minimal asyncpg + Starlette
    handler serving the same first-page query, as the ceiling;
 5. prints the figures and writes them, with the machine, to docs/benchmarks.md.
+
+With --api-only, only step 4 runs, against the database as it is (never dropped). When it
+has no records yet, they are loaded once the fast way: the pre-normalised rows (the
+--rows CSV as `bench_csv`, its first 100k rows as `bench_csv_100k`) COPYed straight into
+`records`, their counts into `source_stats` and one succeeded run per source into `runs`,
+so /stats has the same work to do as after the full benchmark. Its inputs and logs live
+in bench-out/api-only/; it prints the figures and writes no document.
 
 Figures are medians of the repeats. Targets are reported, never asserted.
 """
@@ -60,6 +68,8 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--chunk-size", type=int, default=None, help="override the CSV source's chunk_size")
     parser.add_argument("--load-seconds", type=float, default=10.0, help="duration of each wrk run")
     parser.add_argument("--skip-load", action="store_true", help="skip the API load tests")
+    parser.add_argument("--api-only", action="store_true",
+                        help="only the API load tests, on the database as it is (loaded by COPY when empty)")
     parser.add_argument("--profile", action="store_true", help="py-spy record the workers during the first load")
     parser.add_argument("--doc", type=Path, default=None, help="where to write the report (default docs/benchmarks.md)")
     parser.add_argument("--database", default="ingest_bench")
@@ -77,17 +87,19 @@ def parse_args() -> argparse.Namespace:
     args.json_port = args.json_port or free_port()
     args.reference_port = args.reference_port or free_port()
     args.redis_port = free_port() if args.private_redis else None
-    if args.doc is None and not args.quick:
+    if args.doc is None and not args.quick and not args.api_only:
         args.doc = ROOT / "docs" / "benchmarks.md"
     return args
 
 
 ARGS = parse_args()
+# --api-only keeps its sources file, inputs and logs apart from a full run's.
+RUN_OUT = OUT / "api-only" if ARGS.api_only else OUT
 PG_BASE = os.environ.get("BENCH_PG_URL", "postgresql://postgres@127.0.0.1:5432")
 REDIS_BASE = (f"redis://127.0.0.1:{ARGS.redis_port}" if ARGS.private_redis
               else os.environ.get("BENCH_REDIS_BASE", "redis://127.0.0.1:6379"))
 API_KEY = "bench-key"
-SOURCES_FILE = OUT / "sources.bench.toml"
+SOURCES_FILE = RUN_OUT / "sources.bench.toml"
 # Every process (and this one, before anything imports app.settings) sees only the
 # benchmark database and Redis database number.
 ENV_OVERRIDES = {
@@ -108,7 +120,7 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-from bench import data, load, report, stack  # noqa: E402
+from bench import data, json_api, load, report, stack  # noqa: E402
 
 from app.api.cursor import encode_cursor, filters_fingerprint  # noqa: E402
 from app.db.migrate import migrate  # noqa: E402
@@ -118,7 +130,7 @@ from app.sources_config import load_sources  # noqa: E402
 SETTINGS = get_settings()
 DB_URL = SETTINGS.libpq_url
 API = f"http://127.0.0.1:{ARGS.api_port}"
-LOGS = OUT / "logs"
+LOGS = RUN_OUT / "logs"
 FINISHED = ("succeeded", "partial", "failed")
 API_PID: int | None = None  # set once the API runs: its CPU is reported with each run
 
@@ -444,8 +456,82 @@ def prepare_inputs() -> dict[str, Any]:
             "current": current, "copy": copy_file}
 
 
+def json_api_rows(out: Path, source: Any) -> int:
+    """The JSON API's records, normalised by the pipeline's Normalizer, as a COPY file."""
+    # Imported here: importing `workers` reads SOURCES_FILE, which is written first.
+    from workers.pipeline.normalize import Normalizer
+    from workers.sources.base import RawItem
+
+    normalizer = Normalizer(source)
+    items = [RawItem(record=post, line=n) for n, post in enumerate(json_api.posts(ARGS.json_records), start=1)]
+    with out.open("w", encoding="utf-8") as handle:
+        return sum(data._write_batch(handle, normalizer, items[i : i + 10_000], source.name)  # noqa: SLF001
+                   for i in range(0, len(items), 10_000))
+
+
+def load_by_copy() -> None:
+    """Fill an empty benchmark database the fast way (see --api-only in the docstring): the
+    records the full benchmark ends with (the CSV's and the JSON API's), without the pipeline."""
+    RUN_OUT.mkdir(parents=True, exist_ok=True)
+    base = data.titanic_csv(RUN_OUT, ARGS.rows)
+    write_sources_file(base, None)
+    configured = load_sources(SOURCES_FILE)
+    copies = {"bench_csv": RUN_OUT / f"{base.stem}.copy", "bench_api": RUN_OUT / f"posts-{ARGS.json_records}.copy"}
+    if not copies["bench_csv"].exists() or copies["bench_csv"].stat().st_mtime < base.stat().st_mtime:
+        log(f"normalising {base.name} for COPY")
+        data.reference_rows(base, copies["bench_csv"], configured["bench_csv"])
+    if not copies["bench_api"].exists():
+        log(f"normalising {ARGS.json_records} JSON API records for COPY")
+        json_api_rows(copies["bench_api"], configured["bench_api"])
+    for copy_file in copies.values():
+        log(f"COPY {copy_file.name} into records")
+        command = f"\\copy records ({data.REFERENCE_COLUMNS}) FROM '{copy_file}'"
+        subprocess.run(["psql", DB_URL, "-X", "-q", "-v", "ON_ERROR_STOP=1", "-c", command], check=True)  # noqa: S603,S607
+    with psycopg.connect(DB_URL, autocommit=True) as conn:
+        conn.execute("INSERT INTO source_stats (source, records) SELECT source, count(*) FROM records GROUP BY source")
+        conn.execute(
+            "INSERT INTO runs (source, trigger, status, config, created_at, started_at, finished_at, fetched, inserted)"
+            " SELECT source, 'api', 'succeeded', '{}', now(), now(), now(), records, records FROM source_stats"
+        )
+        conn.execute("VACUUM ANALYZE")
+
+
+def api_only() -> None:
+    """--api-only: the API load tests against the benchmark database as it is."""
+    env = {**os.environ, **ENV_OVERRIDES}
+    RUN_OUT.mkdir(parents=True, exist_ok=True)
+    with psycopg.connect(SETTINGS.maintenance_url(), autocommit=True) as conn:
+        exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (ARGS.database,)).fetchone()
+    if not exists:
+        stack.recreate_database(SETTINGS.maintenance_url(), ARGS.database)
+    migrate(SETTINGS)
+    with psycopg.connect(DB_URL) as conn:
+        loaded = conn.execute("SELECT EXISTS (SELECT 1 FROM records)").fetchone()[0]  # type: ignore[index]
+    if not loaded:
+        load_by_copy()
+    elif not SOURCES_FILE.exists():
+        write_sources_file(data.titanic_csv(RUN_OUT, ARGS.rows), None)
+    redis.Redis.from_url(SETTINGS.redis_url).flushdb()  # the dedicated benchmark db number only
+    processes: list[stack.Process] = []
+    try:
+        if ARGS.private_redis:
+            processes.append(stack.start_redis(env, LOGS, ARGS.redis_port))
+        processes.append(stack.start_api(env, LOGS, ARGS.api_port))
+        processes.append(stack.start_reference_app(env, LOGS, ARGS.reference_port))
+        with httpx.Client(base_url=API, timeout=30) as client:
+            api = load_tests(client, f"http://127.0.0.1:{ARGS.reference_port}/data")
+    finally:
+        for proc in reversed(processes):
+            proc.stop()
+    (RUN_OUT / "results.json").write_bytes(orjson.dumps(api, option=orjson.OPT_INDENT_2))
+    print("\n".join(report.api_section(api, load_seconds=ARGS.load_seconds)))
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the cleanup below, stop our children
+    if ARGS.api_only:
+        api_only()
+        return
     load_before = os.getloadavg()
     files = prepare_inputs()
     env = {**os.environ, **ENV_OVERRIDES}

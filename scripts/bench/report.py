@@ -114,11 +114,11 @@ def render(results: dict[str, Any], *, command: str) -> str:
         "CHECKPOINT precedes every timed step, so no step pays for the previous one's dirty buffers.",
     ]
     if "api" in results:
-        lines += _api_section(results["api"], args)
+        lines += api_section(results["api"], load_seconds=args["load_seconds"])
     return "\n".join(lines) + "\n"
 
 
-def _api_section(api: dict[str, Any], args: dict[str, Any]) -> list[str]:
+def api_section(api: dict[str, Any], *, load_seconds: float) -> list[str]:
     meta = api["_meta"]
     first, ref = api["/data first page"], api["reference handler (first page)"]
     deep = api["/data deep keyset page"]
@@ -127,7 +127,7 @@ def _api_section(api: dict[str, Any], args: dict[str, Any]) -> list[str]:
         "",
         f"## API at {meta['records']:,} records",
         "",
-        f"wrk, {args['load_seconds']:g} s per measurement: latency with 8 connections, throughput with 32; "
+        f"wrk, {load_seconds:g} s per measurement: latency with 8 connections, throughput with 32; "
         f"`q` matches {meta['q_matches']} records; the deep keyset page starts after record "
         f"{meta['deep'] - 1:,} (a cursor built with the API's own encoder, checked against the API). "
         "Load generator, API and PostgreSQL share the machine.",
