@@ -18,6 +18,7 @@ from tests.support.http_server import LocalHTTPServer, Response
 from tests.support.pipeline import ingest, records, source
 from workers.pipeline.raw_digest import RowDigester, config_fingerprint
 from workers.pipeline.unchanged import filters
+from workers.sources.base import RawItem
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -158,14 +159,15 @@ def test_reject_sources_are_not_filtered(db: psycopg.Connection, tmp_path: Path)
 
 def test_digester_keys_follow_the_normaliser_and_fingerprints_follow_the_mapping() -> None:
     digester = RowDigester(SourceConfig(name="s", kind="http_json", url="http://x", id_field="id"))
-    assert digester.key({"id": 7}) == "7"
-    assert digester.key({"id": "a\x00b"}) == "a\ufffdb"  # as stored
-    assert [digester.key({"id": v}) for v in ("", "  ", None, True, 1.5, [1])] == [None] * 6
+    assert digester.key(RawItem({"id": 7})) == "7"
+    assert digester.key(RawItem({"id": "a\x00b"})) == "a\ufffdb"  # as stored
+    assert [digester.key(RawItem({"id": v})) for v in ("", "  ", None, True, 1.5, [1])] == [None] * 6
     nested = RowDigester(SourceConfig(name="s", kind="http_json", url="http://x", id_field="meta.id"))
-    assert nested.key({"meta": {"id": "k"}}) == "k"
-    assert digester.digest({"id": 1, "a": 2}) != digester.digest({"a": 2, "id": 1})  # the raw form counts
-    assert digester.digest({"id": 1}) == RowDigester(SourceConfig(name="t", kind="http_json", url="http://y",
-                                                                  id_field="id")).digest({"id": 1})
+    assert nested.key(RawItem({"meta": {"id": "k"}})) == "k"
+    assert digester.digest(RawItem({"id": 1, "a": 2})) != digester.digest(RawItem({"a": 2, "id": 1}))  # raw form
+    other = RowDigester(SourceConfig(name="t", kind="http_json", url="http://y", id_field="id"))
+    assert digester.digest(RawItem({"id": 1})) == other.digest(RawItem({"id": 1}))
+    assert digester.digest(RawItem(None, 3, "unparsable")) is None
 
     def csv_source(**config: object) -> SourceConfig:
         return SourceConfig(name="s", kind="csv", url="/f.csv", **{"id_field": "id", **config})  # type: ignore[arg-type]
@@ -179,3 +181,34 @@ def test_digester_keys_follow_the_normaliser_and_fingerprints_follow_the_mapping
     assert not filters(csv_source(on_drift="reject"))
     assert len({fingerprint(), fingerprint(types={"a": "int"}), fingerprint(fields={"title": "a"}),
                 fingerprint(id_field="a")}) == 4
+
+
+def test_rows_given_as_values_are_digested_with_their_columns() -> None:
+    digester = RowDigester(SourceConfig(name="s", kind="csv", url="/f.csv", id_field="id"))
+    columns, renamed = ["id", "name"], ["id", "title"]
+    as_values = RawItem(line=2, values=["7", "Ann"], columns=columns)
+    assert as_values.record == {"id": "7", "name": "Ann"}  # built when first asked for
+    assert digester.key(as_values) == "7"
+    assert digester.digest(as_values) == digester.digest(RawItem(line=9, values=["7", "Ann"], columns=list(columns)))
+    # A renamed column is a different row, and the dict form never collides with the values form.
+    assert digester.digest(as_values) != digester.digest(RawItem(line=2, values=["7", "Ann"], columns=renamed))
+    assert digester.digest(as_values) != digester.digest(RawItem({"id": "7", "name": "Ann"}))
+    assert digester.key(RawItem(line=2, values=["Ann"], columns=["name"])) is None  # no id column
+
+
+def test_a_key_holding_the_separator_keeps_its_batch_whole(db: psycopg.Connection, tmp_path: Path) -> None:
+    path = tmp_path / "odd.csv"
+    rows = [["1", "a", "1"], ["2\x1e3", "b", "2"], ["4", "c", "3"]]
+    write_csv(path, rows)
+    config = source("odd", "csv", str(path), fields={"title": "name"})
+    ingest(db, config)
+
+    rows[2][1] = "changed"
+    write_csv(path, [*rows, ["5", "d", "4"]])
+    again = ingest(db, config)
+
+    # The keys travel joined by "\x1e": a key holding it would shift every later row onto
+    # another row's digest. The batch is kept whole instead.
+    assert raw_chunks_of(db, again["id"]) == (4, 0)
+    assert (again["inserted"], again["updated"], again["unchanged"]) == (1, 1, 2)
+    assert records(db, "odd")["4"]["title"] == "changed"

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from app.sources_config import SourceConfig
-from workers.sources.base import dotted_get
+from workers.sources.base import RawItem, dotted_get
 
 DIGEST_BYTES = 16  # 128 bits: collisions are out of reach for any number of rows we will see
 _NUL, _REPLACEMENT = "\x00", "\ufffd"
@@ -47,7 +47,13 @@ def config_fingerprint(source: SourceConfig) -> bytes:
 
 
 class RowDigester:
-    """Keys and digests of one source's raw records."""
+    """Keys and digests of one source's raw items.
+
+    A tabular row given as values (RawItem.values) is digested as its columns followed by
+    its values, never as a dict: the dict would be built only to be hashed. The two forms
+    never give the same digest (a JSON list vs a JSON object), so a source that changes
+    form re-normalises its rows once, and never mistakes one row for another.
+    """
 
     def __init__(self, source: SourceConfig):
         # The fingerprint is hashed once; each row continues a copy of that state.
@@ -55,11 +61,24 @@ class RowDigester:
         id_field = source.id_field or "id"
         self._id_key = id_field if id_field and "." not in id_field else None
         self._id_field = id_field
+        # For rows given as values: the state seeded with their columns, and where the id is.
+        self._columns: list[str] | None = None
+        self._with_columns = self._seeded
+        self._id_index: int | None = None
 
-    def key(self, record: dict[str, Any]) -> str | None:
-        """The external id the normaliser will give this record, as stored; None when the
-        id is anything but a usable string or integer (the normaliser then decides)."""
-        identity = record.get(self._id_key) if self._id_key is not None else dotted_get(record, self._id_field)
+    def key(self, item: RawItem) -> str | None:
+        """The external id the normaliser will give this item's record, as stored; None when
+        the id is anything but a usable string or integer (the normaliser then decides)."""
+        values = item.values
+        if values is not None:
+            if item.columns is not self._columns:
+                self._learn_columns(item.columns)
+            identity: Any = values[self._id_index] if self._id_index is not None else None
+        else:
+            record = item.record
+            if type(record) is not dict:
+                return None
+            identity = record.get(self._id_key) if self._id_key is not None else dotted_get(record, self._id_field)
         if type(identity) is str:
             if not identity or identity.isspace():
                 return None
@@ -68,11 +87,30 @@ class RowDigester:
             return str(identity)
         return None
 
-    def digest(self, record: dict[str, Any]) -> bytes | None:
+    def digest(self, item: RawItem) -> bytes | None:
+        """The item's digest; None for a rejection or a record orjson cannot encode as it stands
+        (never recognised, always normalised)."""
+        values = item.values
+        if values is not None:
+            if item.columns is not self._columns:
+                self._learn_columns(item.columns)
+            digest = self._with_columns.copy()
+            digest.update(orjson.dumps(values))
+            return digest.digest()
+        record = item.record
+        if type(record) is not dict:
+            return None
         try:
             encoded = orjson.dumps(record, option=orjson.OPT_NON_STR_KEYS)
         except (TypeError, orjson.JSONEncodeError):
-            return None  # not encodable as it stands: never recognised, always normalised
+            return None
         digest = self._seeded.copy()
         digest.update(encoded)
         return digest.digest()
+
+    def _learn_columns(self, columns: list[str] | None) -> None:
+        assert columns is not None
+        self._columns = columns
+        self._with_columns = self._seeded.copy()
+        self._with_columns.update(orjson.dumps(columns))
+        self._id_index = columns.index(self._id_field) if self._id_field in columns else None

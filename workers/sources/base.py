@@ -28,7 +28,6 @@ class PermanentError(SourceError):
     """Retrying will not help: other 4xx, unparsable bodies, oversized responses, loops."""
 
 
-@dataclass(slots=True)
 class RawItem:
     """One upstream record, or one piece of upstream data that could not be parsed.
 
@@ -37,13 +36,50 @@ class RawItem:
     `raw_text` keeps the unparsable text so a rejection still has its raw payload;
     `digest` is set by the fetch stage (workers/pipeline/raw_digest.py) and stored with
     the record, so that a re-run recognises the row unchanged.
+
+    A tabular connector (CSV) may instead give a row as its `values` with the shared list
+    of `columns`: the dict is then built on first use of `record`. A re-run that leaves
+    most rows out unchanged never builds theirs, which was a quarter of its fetch stage.
     """
 
-    record: dict[str, Any] | None
-    line: int | None = None
-    error: str | None = None
-    raw_text: str | None = None
-    digest: bytes | None = None
+    __slots__ = ("_record", "line", "error", "raw_text", "digest", "values", "columns")
+
+    def __init__(
+        self,
+        record: dict[str, Any] | None = None,
+        line: int | None = None,
+        error: str | None = None,
+        raw_text: str | None = None,
+        digest: bytes | None = None,
+        *,
+        values: list[str] | None = None,
+        columns: list[str] | None = None,
+    ):
+        self._record = record
+        self.line = line
+        self.error = error
+        self.raw_text = raw_text
+        self.digest = digest
+        self.values = values
+        self.columns = columns
+
+    @property
+    def record(self) -> dict[str, Any] | None:
+        if self._record is None and self.values is not None:
+            assert self.columns is not None
+            self._record = dict(zip(self.columns, self.values, strict=True))
+        return self._record
+
+    def __repr__(self) -> str:
+        return f"RawItem(record={self.record!r}, line={self.line!r}, error={self.error!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, RawItem):
+            return NotImplemented
+        mine = (self.record, self.line, self.error, self.raw_text, self.digest)
+        return mine == (other.record, other.line, other.error, other.raw_text, other.digest)
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
 
 
 @dataclass(slots=True)

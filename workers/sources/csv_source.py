@@ -177,8 +177,7 @@ class CsvRows:
                 except UnicodeDecodeError:
                     raise PermanentError(f"{self.where}: file changed while being read (no longer UTF-8)") from None
                 if len(row) == width and "\x00" not in "".join(row):
-                    # The width is checked just above; zip's strict= would check it again, slower.
-                    yield RawItem(dict(zip(header, row)), start)  # noqa: B905
+                    yield RawItem(line=start, values=row, columns=header)
                 elif not row:
                     continue  # blank line
                 elif len(row) != width:
