@@ -8,13 +8,14 @@ from typing import Any
 import orjson
 from fastapi import APIRouter, Request
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api.deps import ReadConnectionDep, SettingsDep, SourcesDep
 from app.api.responses import COMMON_ERRORS, error_responses
-from app.api.runs import last_runs
 from app.api.schemas import Stats
-from app.db.session import Queryable
+from app.db.session import Queryable, fetch
 from app.queue_depth import queue_depths
+from app.runs import RUN_COLUMNS, run_to_api
 from celeryconfig import QUEUES
 
 router = APIRouter(tags=["operations"])
@@ -41,23 +42,51 @@ async def drift_event_count(db: Queryable) -> int:
     return int((await db.execute(text("SELECT count(*) FROM drift_events"))).scalar_one())
 
 
-# The counts /stats needs, in one round trip: per-source records (in source order) and
-# rejects from the maintained source_stats, runs per status, drift events.
-COUNTS_SQL = """
-SELECT
-  (SELECT coalesce(json_object_agg(source, records ORDER BY source), '{}') FROM source_stats) AS by_source,
-  (SELECT coalesce(sum(rejected), 0)::bigint FROM source_stats) AS rejected,
-  (SELECT coalesce(json_object_agg(status, n), '{}') FROM (SELECT status, count(*) AS n FROM runs GROUP BY status) AS s)
-    AS by_status,
-  (SELECT count(*) FROM drift_events) AS drift_events
+# Everything /stats reads from PostgreSQL, in one round trip: the counts (per-source
+# records in source order and rejects from the maintained source_stats, runs per status,
+# drift events) and the newest run of every source named ($1, the configured sources, in
+# configuration order) or counted (the others, in source order), one index probe each.
+# One row per such source that has a run, in that order, each carrying the counts; a
+# single row with no run columns when none has.
+STATS_SQL = f"""
+WITH counts AS (
+  SELECT
+    (SELECT coalesce(json_object_agg(source, records ORDER BY source), '{{}}') FROM source_stats) AS by_source,
+    (SELECT coalesce(sum(rejected), 0)::bigint FROM source_stats) AS rejected_total,
+    (SELECT coalesce(json_object_agg(status, n), '{{}}')
+       FROM (SELECT status, count(*) AS n FROM runs GROUP BY status) AS s) AS by_status,
+    (SELECT count(*) FROM drift_events) AS drift_total
+), names AS (
+  SELECT name, position FROM unnest($1::text[]) WITH ORDINALITY AS configured(name, position)
+  UNION ALL
+  SELECT source, cardinality($1::text[]) + row_number() OVER (ORDER BY source)
+    FROM source_stats WHERE source <> ALL($1::text[])
+)
+SELECT counts.*, last.* FROM counts LEFT JOIN LATERAL (
+  SELECT names.position, run.* FROM names CROSS JOIN LATERAL (
+    SELECT {RUN_COLUMNS} FROM runs WHERE runs.source = names.name ORDER BY id DESC LIMIT 1
+  ) AS run
+) AS last ON true
+ORDER BY last.position
 """
 
 
-async def stats_counts(db: Queryable) -> tuple[dict[str, int], int, dict[str, int], int]:
-    """Records per source, rejected total, runs per status (every status present), drift events."""
-    row = (await db.execute(text(COUNTS_SQL))).one()
-    by_source, by_status = (orjson.loads(v) if isinstance(v, str) else v for v in (row.by_source, row.by_status))
-    return by_source, int(row.rejected), {**dict.fromkeys(RUN_STATUSES, 0), **by_status}, int(row.drift_events)
+async def stats_snapshot(db: AsyncConnection, *, configured: list[str]) -> dict[str, Any]:
+    """Records per source, runs per status and the last run of each configured or counted
+    source, rejects and drift events: the database part of GET /stats."""
+    rows = await fetch(db, STATS_SQL, configured)
+    first = rows[0]
+    by_source, by_status = (
+        orjson.loads(v) if isinstance(v, str) else v for v in (first["by_source"], first["by_status"])
+    )
+    by_status = {**dict.fromkeys(RUN_STATUSES, 0), **by_status}
+    last = {row["source"]: run_to_api(dict(row)) for row in rows if row["id"] is not None}
+    return {
+        "records": {"total": sum(by_source.values()), "by_source": by_source},
+        "runs": {"total": sum(by_status.values()), "by_status": by_status, "last_by_source": last},
+        "rejected": int(first["rejected_total"]),
+        "drift_events": int(first["drift_total"]),
+    }
 
 
 @router.get(
@@ -74,14 +103,7 @@ async def stats(request: Request, db: ReadConnectionDep, settings: SettingsDep, 
         )
     )
     try:
-        by_source, rejected, by_status, drift = await stats_counts(db)
-        last = await last_runs(db, sources=list(dict.fromkeys([*sources, *by_source])))
+        snapshot = await stats_snapshot(db, configured=list(sources))
     finally:
         queues = await depths
-    return {
-        "records": {"total": sum(by_source.values()), "by_source": by_source},
-        "runs": {"total": sum(by_status.values()), "by_status": by_status, "last_by_source": last},
-        "queues": queues,
-        "rejected": rejected,
-        "drift_events": drift,
-    }
+    return {**snapshot, "queues": queues}

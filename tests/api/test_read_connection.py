@@ -4,8 +4,12 @@ checkout: a connection killed under it (PostgreSQL restarted) may cost one 503, 
 
 from __future__ import annotations
 
+import asyncio
+
+import psycopg
 import pytest
 
+from app.db import session
 from tests.api.conftest import assert_error, insert_records
 
 READ_ROUTES = ["/data", "/stats", "/runs", "/sources", "/rejects", "/drift"]
@@ -46,3 +50,37 @@ async def test_read_with_database_down_is_503(make_client):
     client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/nowhere")
     for path in READ_ROUTES:
         assert "database" in assert_error(await client.get(path), 503, "unavailable")["message"]
+
+
+def api_connections(db) -> int:
+    return db.execute(
+        """SELECT count(*) FROM pg_stat_activity
+           WHERE datname = current_database() AND application_name = 'ingest-api'"""
+    ).fetchone()[0]
+
+
+@pytest.mark.parametrize("path", ["/data", "/stats"])
+async def test_killed_pool_costs_one_503_not_one_per_connection(client, db, path):
+    """/data and /stats run their statement on the driver connection (app.db.session.fetch):
+    a dead connection found there still invalidates the whole pool, as SQLAlchemy does."""
+    insert_records(db, [{"source": "posts", "external_id": "1", "title": "one"}])
+    responses = await asyncio.gather(*(client.get(path) for _ in range(6)))  # several pooled connections
+    assert all(response.status_code == 200 for response in responses)
+    assert api_connections(db) >= 3
+    assert kill_api_connections(db) >= 3
+    statuses = [(await client.get(path)).status_code for _ in range(6)]
+    assert statuses[1:] == [200] * 5, statuses
+    assert statuses[0] in (200, 503), statuses
+
+
+@pytest.mark.parametrize(("path", "table"), [("/data", "records"), ("/data?q=one", "records"), ("/stats", "runs")])
+async def test_statement_timeout_is_503_query_timeout_and_the_connection_stays_usable(
+    make_client, db, database, monkeypatch, path, table
+):
+    monkeypatch.setattr(session, "STATEMENT_TIMEOUT_MS", 300)
+    client = await make_client()
+    insert_records(db, [{"source": "posts", "external_id": "1", "title": "one"}])
+    with psycopg.connect(database) as locker:  # holds the lock until the block ends
+        locker.execute(f"LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE")
+        assert_error(await client.get(path), 503, "query_timeout")
+    assert (await client.get(path)).status_code == 200

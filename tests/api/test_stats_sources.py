@@ -47,6 +47,27 @@ async def test_stats_shape_and_counts(client, db):
     assert body["rejected"] == 2 and body["drift_events"] == 1
 
 
+async def test_stats_last_run_of_configured_sources_in_order_then_of_other_counted_sources(client, db):
+    insert_records(db, [{"source": "zz_retired", "external_id": "1"}, {"source": "news", "external_id": "1"}])
+    insert_records(db, [{"source": "aa_retired", "external_id": "1"}])
+    runs = {source: insert_run(db, source, "succeeded") for source in ("zz_retired", "news", "aa_retired", "posts")}
+    newest_posts = insert_run(db, "posts", "failed", error="boom")
+    insert_run(db, "not_counted", "succeeded")  # neither configured nor in source_stats
+    body = (await client.get("/stats")).json()
+    last = body["runs"]["last_by_source"]
+    # sources.test.toml order (posts, passengers, news, orders), then the others in source order
+    assert list(last) == ["posts", "news", "aa_retired", "zz_retired"]
+    assert last["posts"]["id"] == newest_posts and last["posts"]["error"] == "boom"
+    assert {name: run["id"] for name, run in last.items() if name != "posts"} == {
+        name: runs[name] for name in ("news", "aa_retired", "zz_retired")
+    }
+    assert set(last["news"]) == {
+        "id", "source", "trigger", "status", "created_at", "started_at", "finished_at", "counts", "error"
+    }
+    assert body["records"]["by_source"] == {"aa_retired": 1, "news": 1, "zz_retired": 1}
+    assert body["runs"]["total"] == 6 and body["runs"]["by_status"]["succeeded"] == 5
+
+
 async def test_stats_of_an_empty_database(client, db):
     body = (await client.get("/stats")).json()
     assert body["records"] == {"total": 0, "by_source": {}}
