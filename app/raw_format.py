@@ -5,6 +5,10 @@ A raw chunk's payload is the orjson encoding of a list of `[line, record, error,
 parsed, with the unparsable text in `raw_text`); `line` is its line or position upstream.
 The fetch stage appends a fifth element, the row's raw digest in hex, when it has one
 (workers/pipeline/raw_digest.py); rows written here have none.
+
+Rows of a tabular source (CSV) are stored as `[line, values, None, None, digest]`, with
+`values` a list in the order of the chunk's columns, which are stored once, in
+raw_chunks.columns: a chunk whose `columns` is NULL holds whole records only.
 """
 
 from __future__ import annotations

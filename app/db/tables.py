@@ -85,6 +85,7 @@ raw_chunks = Table(
     Column("last_error", Text),
     Column("enqueued_at", DateTime(timezone=True), nullable=False),
     Column("skipped", Integer, nullable=False),  # rows recognised unchanged before this chunk
+    Column("columns", JSONB),  # the header of a chunk of tabular rows stored as values (app/raw_format.py)
 )
 
 chunk_ledger = Table(

@@ -112,6 +112,7 @@ def _store_and_fan_out(
     pending: list[RawItem] = []  # read, not yet handed to the unchanged-row filter
     in_flight: deque[Sifted] = deque()  # batches being compared meanwhile, oldest first
     buffer: list[list[Any]] = []  # kept rows of the next chunk
+    columns: list[str] | None = None  # of the tabular rows stored as values in it (raw.encode_item)
     skipped = 0  # rows left out since the last stored chunk; counted with the next one
     chunk_no = 0
     last_heartbeat = time.monotonic()
@@ -123,16 +124,19 @@ def _store_and_fan_out(
         last_heartbeat = time.monotonic()
 
     def flush() -> None:
-        nonlocal chunk_no, buffer, skipped
-        if store_chunk(conn, run_id=run_id, chunk_no=chunk_no, items=buffer, skipped=skipped):
+        nonlocal chunk_no, buffer, skipped, columns
+        if store_chunk(conn, run_id=run_id, chunk_no=chunk_no, items=buffer, skipped=skipped, columns=columns):
             enqueue_chunk(run_id, chunk_no)
         heartbeat()
         chunk_no += 1
-        buffer, skipped = [], 0
+        buffer, skipped, columns = [], 0, None
         gc.collect(1)  # the collector is paused below: clear anything cyclic once per chunk
 
     def add(item: RawItem) -> None:
-        buffer.append(encode_item(item))
+        nonlocal columns
+        if columns is None and item.columns is not None:
+            columns = item.columns  # rows of one file share one list
+        buffer.append(encode_item(item, columns))
         if len(buffer) >= source.chunk_size:
             flush()
 

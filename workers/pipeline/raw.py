@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from app.raw_format import decode_rows, encode_rows
 from workers.sources.base import RawItem
@@ -25,18 +26,28 @@ _LZ4_FOR_THIS_TRANSACTION = (
 )
 
 
-def encode_item(item: RawItem) -> list[Any]:
-    if item.digest is None:
+def encode_item(item: RawItem, columns: list[str] | None = None) -> list[Any]:
+    """The stored row of an item; a tabular row whose columns are `columns` (the chunk's)
+    is stored as its values, anything else as its record."""
+    digest = None if item.digest is None else item.digest.hex()
+    if item.values is not None and item.columns is columns:
+        return [item.line, item.values, None, None, digest]
+    if digest is None:
         return [item.line, item.record, item.error, item.raw_text]
-    return [item.line, item.record, item.error, item.raw_text, item.digest.hex()]
+    return [item.line, item.record, item.error, item.raw_text, digest]
 
 
-def decode_items(payload: bytes) -> list[RawItem]:
-    """Rows of 4 (webhook intake, rows without a digest) or 5 elements."""
-    return [
-        RawItem(row[1], row[0], row[2], row[3], bytes.fromhex(row[4]) if len(row) > 4 else None)
-        for row in decode_rows(payload)
-    ]
+def decode_items(payload: bytes, columns: list[str] | None = None) -> list[RawItem]:
+    """Rows of 4 (webhook intake, rows without a digest) or 5 elements; with the chunk's
+    `columns`, a row whose record is a list is a tabular row's values."""
+    items = []
+    for row in decode_rows(payload):
+        digest = bytes.fromhex(row[4]) if len(row) > 4 and row[4] is not None else None
+        if columns is not None and type(row[1]) is list:
+            items.append(RawItem(line=row[0], digest=digest, values=row[1], columns=columns))
+        else:
+            items.append(RawItem(row[1], row[0], row[2], row[3], digest))
+    return items
 
 
 @dataclass(frozen=True)
@@ -46,7 +57,13 @@ class StoredChunk:
 
 
 def store_chunk(
-    conn: psycopg.Connection, *, run_id: int, chunk_no: int, items: list[list[Any]], skipped: int = 0
+    conn: psycopg.Connection,
+    *,
+    run_id: int,
+    chunk_no: int,
+    items: list[list[Any]],
+    skipped: int = 0,
+    columns: list[str] | None = None,
 ) -> bool:
     """Store one chunk (committed); return True when it still needs normalising.
 
@@ -56,9 +73,9 @@ def store_chunk(
     with conn.transaction():
         conn.execute(_LZ4_FOR_THIS_TRANSACTION)
         conn.execute(
-            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, skipped) VALUES (%s, %s, %s, %s, %s)"
-            " ON CONFLICT (run_id, chunk_no) DO NOTHING",
-            (run_id, chunk_no, len(items), encode_rows(items), skipped),
+            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, skipped, columns)"
+            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, chunk_no) DO NOTHING",
+            (run_id, chunk_no, len(items), encode_rows(items), skipped, None if columns is None else Jsonb(columns)),
         )
         done = conn.execute(
             "SELECT 1 FROM chunk_ledger WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
@@ -68,6 +85,6 @@ def store_chunk(
 
 def load_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int) -> StoredChunk | None:
     row = conn.execute(
-        "SELECT payload, skipped FROM raw_chunks WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
+        "SELECT payload, skipped, columns FROM raw_chunks WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
     ).fetchone()
-    return StoredChunk(decode_items(row[0]), row[1]) if row else None
+    return StoredChunk(decode_items(row[0], row[2]), row[1]) if row else None
