@@ -7,18 +7,27 @@ limit can count bytes of chunked bodies that carry no Content-Length.
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 import time
-import uuid
+from typing import Any
 
 import structlog
-from starlette.datastructures import Headers, MutableHeaders
+from starlette.datastructures import Headers
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.metrics import HTTP_LATENCY, HTTP_REQUESTS
 from app.errors import error_response
 
 log = structlog.get_logger("app.access")
+# The stdlib logger the access lines go through: when it would drop INFO (LOG_LEVEL above
+# it), the line is not built at all (structlog runs its processors before that check).
+_access_logger = logging.getLogger("app.access")
+
+# Metric children per (method, route, status), so a request does not look its labels up
+# again; past this many combinations (odd methods), .labels() is called as before.
+MAX_CACHED_LABELS = 1000
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 MAX_BODY_BYTES = 1024 * 1024
@@ -49,6 +58,26 @@ def _csp_for(path: str) -> str:
     return API_CSP
 
 
+_CSP_HEADERS = {
+    csp: (b"content-security-policy", csp.encode()) for csp in (API_CSP, DOCS_CSP, CONSOLE_CSP)
+}
+_DEFAULT_HEADERS = (
+    (b"x-content-type-options", b"nosniff"),
+    (b"x-frame-options", b"DENY"),
+    (b"referrer-policy", b"no-referrer"),
+)
+
+
+def _with_context_headers(raw: Any, request_id: bytes, csp: tuple[bytes, bytes]) -> list[tuple[bytes, bytes]]:
+    """The response headers plus X-Request-ID (replacing any) and the security headers
+    the response did not set itself."""
+    headers = [(name, value) for name, value in raw if name.lower() != b"x-request-id"]
+    present = {name.lower() for name, _ in headers}
+    headers.append((b"x-request-id", request_id))
+    headers.extend(header for header in (*_DEFAULT_HEADERS, csp) if header[0] not in present)
+    return headers
+
+
 def _route_label(scope: Scope) -> str:
     route = scope.get("route")
     return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
@@ -59,6 +88,7 @@ class RequestContextMiddleware:
 
     def __init__(self, app: ASGIApp):
         self.app = app
+        self._metric_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,31 +96,30 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         incoming = Headers(scope=scope).get("x-request-id", "")
-        request_id = incoming if REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if REQUEST_ID_RE.match(incoming) else secrets.token_hex(16)
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         state["started_at"] = started
         status = 500
         response_started = False
-        csp = _csp_for(scope["path"])
+        csp = _CSP_HEADERS[_csp_for(scope["path"])]
+        request_id_header = request_id.encode()
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status, response_started
             if message["type"] == "http.response.start":
                 response_started = True
                 status = message["status"]
-                headers = MutableHeaders(scope=message)
-                headers["X-Request-ID"] = request_id
-                headers.setdefault("X-Content-Type-Options", "nosniff")
-                headers.setdefault("X-Frame-Options", "DENY")
-                headers.setdefault("Referrer-Policy", "no-referrer")
-                headers.setdefault("Content-Security-Policy", csp)
+                message["headers"] = _with_context_headers(message.get("headers", ()), request_id_header, csp)
             await send(message)
 
         try:
             # Every log line emitted while serving this request carries its id.
-            with structlog.contextvars.bound_contextvars(request_id=request_id):
+            tokens = structlog.contextvars.bind_contextvars(request_id=request_id)
+            try:
                 await self.app(scope, receive, send_wrapper)
+            finally:
+                structlog.contextvars.reset_contextvars(**tokens)
         except Exception:
             log.exception("unhandled_exception", request_id=request_id, method=scope["method"], path=scope["path"])
             status = 500
@@ -98,17 +127,26 @@ class RequestContextMiddleware:
                 await error_response(scope, 500, "internal server error")(scope, receive, send_wrapper)
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_label(scope)
-            HTTP_REQUESTS.labels(scope["method"], route, str(status)).inc()
-            HTTP_LATENCY.labels(scope["method"], route).observe(elapsed)
-            log.info(
-                "request",
-                request_id=request_id,
-                method=scope["method"],
-                path=scope["path"],
-                status=status,
-                latency_ms=round(elapsed * 1000, 2),
-            )
+            self._observe(scope["method"], _route_label(scope), status, elapsed)
+            if _access_logger.isEnabledFor(logging.INFO):
+                log.info(
+                    "request",
+                    request_id=request_id,
+                    method=scope["method"],
+                    path=scope["path"],
+                    status=status,
+                    latency_ms=round(elapsed * 1000, 2),
+                )
+
+    def _observe(self, method: str, route: str, status: int, elapsed: float) -> None:
+        key = (method, route, status)
+        children = self._metric_children.get(key)
+        if children is None:
+            children = (HTTP_REQUESTS.labels(method, route, str(status)), HTTP_LATENCY.labels(method, route))
+            if len(self._metric_children) < MAX_CACHED_LABELS:
+                self._metric_children[key] = children
+        children[0].inc()
+        children[1].observe(elapsed)
 
 
 class BodyLimitMiddleware:

@@ -153,7 +153,8 @@ class RateLimiter:
 
 def client_bucket(scope: Scope, settings: Settings) -> str:
     """The API key's fingerprint when valid, else the client IP."""
-    fingerprint = match_api_key(settings.api_key_entries, presented_key(Headers(scope=scope)))
+    presented = presented_key(Headers(scope=scope))
+    fingerprint = match_api_key(settings.api_key_entries, presented) if presented else None
     if fingerprint:
         return f"key:{fingerprint}"
     client = scope.get("client")

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Path, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.api.cursor import MAX_CURSOR_LENGTH, InvalidCursor, decode_cursor, encode_cursor, filters_fingerprint
-from app.api.deps import ReadConnectionDep, RequestIdDep
+from app.api.deps import ReadConnectionDep
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
 from app.api.schemas import NO_NUL, DataPage, Record, SourceFilter
 from app.db.session import fetch
@@ -149,7 +149,6 @@ async def get_record(db: AsyncConnection, *, record_id: int) -> dict[str, Any] |
 async def list_data(
     request: Request,
     db: ReadConnectionDep,
-    request_id: RequestIdDep,
     page: Annotated[int, Query(ge=1, le=10_000_000, description="Page number (offset paging).")] = 1,
     page_size: Annotated[int, Query(ge=1, le=500, description="Items per page.")] = 50,
     cursor: Annotated[
@@ -181,7 +180,8 @@ async def list_data(
     estimated = False
     if total is None:
         total, estimated = await count_records(db, flt=flt)
-    started = request.scope.get("state", {}).get("started_at", time.perf_counter())
+    state = request.scope.get("state", {})  # set by RequestContextMiddleware
+    started, request_id = state.get("started_at", time.perf_counter()), str(state.get("request_id", ""))
     # Rendered by orjson directly: re-validating 500 rows through the response model cost
     # ~10% of the hot path. DataPage still documents the shape; the fuzz test checks it.
     return OrjsonResponse(
