@@ -12,7 +12,7 @@ import pytest
 from app.raw_format import encode_rows
 from tests.support.pipeline import ingest, records, source
 from workers.pipeline.raw import decode_items, encode_item, load_chunk, store_chunk
-from workers.sources.base import RawItem
+from workers.sources.base import RawItem, TabularRow
 
 
 @pytest.mark.usefixtures("worker")
@@ -36,7 +36,7 @@ def test_stored_chunks_read_back_as_the_items_they_were(db: psycopg.Connection) 
     run_id = db.execute("SELECT max(id) FROM runs").fetchone()[0]
     columns = ["id", "v"]
     items = [
-        RawItem(line=2, values=["1", "a"], columns=columns, digest=b"\x01" * 16),
+        TabularRow(["1", "a"], 2, columns, b"\x01" * 16),
         RawItem(None, 3, "unparsable CSV row", "1,\"a"),
         RawItem({"id": "9", "v": "from a dict"}, 4),  # not one of the chunk's columns: kept whole
     ]

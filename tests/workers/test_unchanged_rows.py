@@ -18,7 +18,7 @@ from tests.support.http_server import LocalHTTPServer, Response
 from tests.support.pipeline import ingest, records, source
 from workers.pipeline.raw_digest import RowDigester, config_fingerprint
 from workers.pipeline.unchanged import filters
-from workers.sources.base import RawItem
+from workers.sources.base import RawItem, TabularRow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -186,14 +186,14 @@ def test_digester_keys_follow_the_normaliser_and_fingerprints_follow_the_mapping
 def test_rows_given_as_values_are_digested_with_their_columns() -> None:
     digester = RowDigester(SourceConfig(name="s", kind="csv", url="/f.csv", id_field="id"))
     columns, renamed = ["id", "name"], ["id", "title"]
-    as_values = RawItem(line=2, values=["7", "Ann"], columns=columns)
+    as_values = TabularRow(["7", "Ann"], 2, columns)
     assert as_values.record == {"id": "7", "name": "Ann"}  # built when first asked for
     assert digester.key(as_values) == "7"
-    assert digester.digest(as_values) == digester.digest(RawItem(line=9, values=["7", "Ann"], columns=list(columns)))
+    assert digester.digest(as_values) == digester.digest(TabularRow(["7", "Ann"], 9, list(columns)))
     # A renamed column is a different row, and the dict form never collides with the values form.
-    assert digester.digest(as_values) != digester.digest(RawItem(line=2, values=["7", "Ann"], columns=renamed))
+    assert digester.digest(as_values) != digester.digest(TabularRow(["7", "Ann"], 2, renamed))
     assert digester.digest(as_values) != digester.digest(RawItem({"id": "7", "name": "Ann"}))
-    assert digester.key(RawItem(line=2, values=["Ann"], columns=["name"])) is None  # no id column
+    assert digester.key(TabularRow(["Ann"], 2, ["name"])) is None  # no id column
 
 
 def test_a_key_holding_the_separator_keeps_its_batch_whole(db: psycopg.Connection, tmp_path: Path) -> None:

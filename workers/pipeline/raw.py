@@ -11,7 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from app.raw_format import decode_rows, encode_rows
-from workers.sources.base import RawItem
+from workers.sources.base import RawItem, TabularRow
 
 # The stored form ([line, record, error, raw_text] rows) is defined in app/raw_format.py,
 # because webhook intake in the API writes raw chunks too.
@@ -40,11 +40,11 @@ def encode_item(item: RawItem, columns: list[str] | None = None) -> list[Any]:
 def decode_items(payload: bytes, columns: list[str] | None = None) -> list[RawItem]:
     """Rows of 4 (webhook intake, rows without a digest) or 5 elements; with the chunk's
     `columns`, a row whose record is a list is a tabular row's values."""
-    items = []
+    items: list[RawItem] = []
     for row in decode_rows(payload):
         digest = bytes.fromhex(row[4]) if len(row) > 4 and row[4] is not None else None
         if columns is not None and type(row[1]) is list:
-            items.append(RawItem(line=row[0], digest=digest, values=row[1], columns=columns))
+            items.append(TabularRow(row[1], row[0], columns, digest))
         else:
             items.append(RawItem(row[1], row[0], row[2], row[3], digest))
     return items

@@ -35,11 +35,8 @@ class RawItem:
     parsed; `line` is the 1-based line (CSV) or position (JSON/RSS) for rejections;
     `raw_text` keeps the unparsable text so a rejection still has its raw payload;
     `digest` is set by the fetch stage (workers/pipeline/raw_digest.py) and stored with
-    the record, so that a re-run recognises the row unchanged.
-
-    A tabular connector (CSV) may instead give a row as its `values` with the shared list
-    of `columns`: the dict is then built on first use of `record`. A re-run that leaves
-    most rows out unchanged never builds theirs, which was a quarter of its fetch stage.
+    the record, so that a re-run recognises the row unchanged. `values` and `columns`
+    are set on a TabularRow only.
     """
 
     __slots__ = ("_record", "line", "error", "raw_text", "digest", "values", "columns")
@@ -51,17 +48,14 @@ class RawItem:
         error: str | None = None,
         raw_text: str | None = None,
         digest: bytes | None = None,
-        *,
-        values: list[str] | None = None,
-        columns: list[str] | None = None,
     ):
         self._record = record
         self.line = line
         self.error = error
         self.raw_text = raw_text
         self.digest = digest
-        self.values = values
-        self.columns = columns
+        self.values: list[str] | None = None
+        self.columns: list[str] | None = None
 
     @property
     def record(self) -> dict[str, Any] | None:
@@ -71,7 +65,7 @@ class RawItem:
         return self._record
 
     def __repr__(self) -> str:
-        return f"RawItem(record={self.record!r}, line={self.line!r}, error={self.error!r})"
+        return f"{type(self).__name__}(record={self.record!r}, line={self.line!r}, error={self.error!r})"
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, RawItem):
@@ -79,7 +73,30 @@ class RawItem:
         mine = (self.record, self.line, self.error, self.raw_text, self.digest)
         return mine == (other.record, other.line, other.error, other.raw_text, other.digest)
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+    __hash__ = None  # type: ignore[assignment]  # mutable
+
+
+class TabularRow(RawItem):
+    """A good row of a tabular source (CSV): its values, in the order of `columns`, a list
+    shared by every row of the file.
+
+    The record dict is built on first use of `record`. A re-run that leaves most rows out
+    unchanged never builds theirs (the digest is taken from the values), and the fetch
+    stage stores the values, not the dict (app/raw_format.py): building and encoding a
+    dict per row was a quarter of a re-run's fetch stage. The short positional
+    constructor matters too, at a million rows.
+    """
+
+    __slots__ = ()
+
+    def __init__(self, values: list[str], line: int, columns: list[str], digest: bytes | None = None):
+        self._record = None
+        self.line = line
+        self.error = None
+        self.raw_text = None
+        self.digest = digest
+        self.values = values
+        self.columns = columns
 
 
 @dataclass(slots=True)
