@@ -255,13 +255,19 @@ def database_backends(url: str, database: str) -> list[int]:
 @dataclass
 class CpuMeter:
     """CPU seconds spent by the worker processes and by this database's PostgreSQL backends
-    during a step: where the time of a run goes, whatever else runs on the machine."""
+    during a step: where the time of a run goes, whatever else runs on the machine.
+
+    Sampled every SAMPLE_EVERY_S from a thread, not only at both ends, so that processes
+    that live within the step (a fetch's probe connections) are counted too."""
+
+    SAMPLE_EVERY_S = 0.2
 
     worker_pid: int
     url: str
     database: str
     api_pid: int | None = None
     start: dict[tuple[str, int], float] = field(default_factory=dict)
+    latest: dict[tuple[str, int], float] = field(default_factory=dict)
     worker_s: float = 0.0
     worker_parent_s: float = 0.0  # the Celery main process (consumer, pool dispatch, events)
     postgres_s: float = 0.0
@@ -278,12 +284,23 @@ class CpuMeter:
                     found[(kind, pid)] = seconds
         return found
 
+    def _sample(self) -> None:
+        while not self._stop.wait(self.SAMPLE_EVERY_S):
+            self.latest.update(self._snapshot())
+
     def __enter__(self) -> CpuMeter:
         self.start = self._snapshot()
+        self.latest = dict(self.start)
+        self._stop = threading.Event()
+        self._sampler = threading.Thread(target=self._sample, name="cpu-meter", daemon=True)
+        self._sampler.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for (kind, pid), seconds in self._snapshot().items():
+        self._stop.set()
+        self._sampler.join()
+        self.latest.update(self._snapshot())
+        for (kind, pid), seconds in self.latest.items():
             spent = seconds - self.start.get((kind, pid), 0.0)
             if kind == "worker":
                 self.worker_s += spent
