@@ -8,7 +8,7 @@ import pytest
 
 from app.sources_config import SourceConfig
 from workers.pipeline.normalize import COERCION_FAILED, MISSING_ID, PARSE_ERROR, Normalizer
-from workers.sources.base import RawItem
+from workers.sources.base import RawItem, TabularRow
 
 
 def csv_source(**extra: object) -> SourceConfig:
@@ -108,3 +108,33 @@ def test_dotted_paths_and_incremental_maximum() -> None:
     )
     assert chunk.max_incremental == 120
     assert chunk.records[0].title == "n1" and chunk.records[0].author == "5"
+
+
+def test_csv_rows_given_as_values_normalise_like_records_and_the_general_path() -> None:
+    columns = ["PassengerId", "Name", "Age", "Survived"]
+    rows = [
+        ["1", "Ann", "3", "1"],
+        ["2", "Bob", "not a number", "0"],  # coercion fails: rejected with its raw values
+        ["", "No id", "4", "1"],  # rejected: missing id
+        ["3", "Cy", "", " "],  # empty typed values become null
+        ["1", "Ann again", "5", "0"],  # a repeated id: the last wins
+    ]
+    normalizer = Normalizer(csv_source())
+    as_values = normalizer.normalize_chunk([TabularRow(list(row), n, columns) for n, row in enumerate(rows, 2)])
+    as_records = normalizer.normalize_chunk(
+        [RawItem(dict(zip(columns, row, strict=True)), n) for n, row in enumerate(rows, 2)]
+    )
+
+    assert as_values.records == as_records.records
+    assert [(r.line_no, r.reason, r.raw) for r in as_values.rejections] == [
+        (3, COERCION_FAILED, {"PassengerId": "2", "Name": "Bob", "Age": "not a number", "Survived": "0"}),
+        (4, MISSING_ID, {"PassengerId": "", "Name": "No id", "Age": "4", "Survived": "1"}),
+    ]
+    assert [(r.line_no, r.reason, r.raw) for r in as_records.rejections] == [
+        (r.line_no, r.reason, r.raw) for r in as_values.rejections
+    ]
+    general = [normalizer.normalize_item(RawItem(dict(zip(columns, row, strict=True)))) for row in (rows[4], rows[3])]
+    assert [(r.external_id, r.data, r.content_hash) for r in as_values.records] == [
+        (g.external_id, g.data, g.content_hash) for g in general
+    ]
+    assert as_values.records[1].data == {"PassengerId": 3, "Name": "Cy", "Age": None, "Survived": None}

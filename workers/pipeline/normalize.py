@@ -108,7 +108,12 @@ class Normalizer:
         fast = self._fast
         for item in items:
             try:
-                record = fast(item.record) if fast is not None else None
+                if fast is None:
+                    record = None
+                elif item.values is not None:  # a CSV row: its dict is built here, and owned
+                    record = fast(dict(zip(item.columns or (), item.values, strict=True)), True)
+                else:
+                    record = fast(item.record, False)
                 if record is None:  # not the common case (or a rejection): the general path decides
                     record = self.normalize_item(item)
                 data = record.data
@@ -139,7 +144,7 @@ class Normalizer:
         chunk.observed = observed_fields(shapes)
         return chunk
 
-    def _compile_fast_path(self) -> Callable[[Any], NormalizedRecord | None] | None:
+    def _compile_fast_path(self) -> Callable[[Any, bool], NormalizedRecord | None] | None:
         """normalize_item for the common configuration (every path a top-level key), as one
         closure with everything bound: None for anything unusual (an empty or non-scalar id,
         a value that does not coerce, a date that does not parse), which normalize_item then
@@ -150,7 +155,9 @@ class Normalizer:
         paths = [self.mapping[name] for name in ("title", "content", "author", "url", "published_at")]
         sha256, dumps, options = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
-        def normalize(record: Any) -> NormalizedRecord | None:
+        def normalize(record: Any, owned: bool) -> NormalizedRecord | None:
+            """`owned`: the caller built `record` for this call, so it may become the data
+            (else it is copied: the item keeps its record for a rejection)."""
             if type(record) is not dict:
                 return None
             identity = record.get(id_key)
@@ -163,7 +170,7 @@ class Normalizer:
             else:
                 return None
             if types:
-                data = dict(record)
+                data = record if owned else dict(record)
                 try:
                     for key, coerce_or_none in types:
                         if key in data:
