@@ -11,6 +11,7 @@ passive queue declare in a worker thread; anything the broker cannot say is None
 
 from __future__ import annotations
 
+import functools
 import weakref
 
 import anyio
@@ -58,11 +59,16 @@ def _sum_lists_script(redis: Redis) -> AsyncScript:
     return script
 
 
+@functools.lru_cache(maxsize=16)
+def _list_keys(queues: tuple[str, ...]) -> list[bytes]:
+    """The script's KEYS for these queues, encoded once."""
+    return [name.encode() for queue in queues for name in redis_list_names(queue)]
+
+
 async def redis_queue_depths(redis: Redis, *, queues: tuple[str, ...]) -> dict[str, int | None]:
     """Depth of each queue from a Redis broker; None for every queue if Redis fails."""
-    names = [name for queue in queues for name in redis_list_names(queue)]
     try:
-        sums = await _sum_lists_script(redis)(keys=names, args=[len(PRIORITY_LEVELS) + 1])
+        sums = await _sum_lists_script(redis)(keys=_list_keys(queues), args=[len(PRIORITY_LEVELS) + 1])
     except (RedisError, OSError) as exc:
         log.warning("queue_depth_unavailable", error=f"{type(exc).__name__}: {exc}")
         return {queue: None for queue in queues}

@@ -8,6 +8,7 @@ at most EXACT_TOTAL_CAP + 1 rows and above that falls back to the planner's esti
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -34,6 +35,24 @@ _TOTAL = "maintained_total"  # the extra column fetch_records may read with the 
 RECORD_COLUMNS = (
     "id, source, external_id, title, content, author, url, published_at, data, encode(content_hash, 'hex')"
     " AS content_hash, first_seen_at, updated_at"
+)
+
+
+def _iso_utc(column: str) -> str:
+    """SQL rendering a timestamptz exactly as the API always wrote timestamps (Python's
+    isoformat in UTC): 6-digit microseconds unless they are zero, then none, and `+00:00`.
+    PostgreSQL's own JSON rendering trims trailing zeros and follows the session's TimeZone."""
+    return (
+        f"replace(to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US'), '.000000', '')"
+        f" || '+00:00' AS {column}"
+    )
+
+
+# The same columns as GET /data renders them in PostgreSQL (row_to_json of these).
+PAGE_COLUMNS = (
+    "id, source, external_id, title, content, author, url, "
+    f"{_iso_utc('published_at')}, data, encode(content_hash, 'hex') AS content_hash, "
+    f"{_iso_utc('first_seen_at')}, {_iso_utc('updated_at')}"
 )
 
 
@@ -114,6 +133,12 @@ async def count_records(db: AsyncConnection, *, flt: RecordFilter) -> tuple[int,
     return max(int(plan[0]["Plan"]["Plan Rows"]), counted), True
 
 
+@functools.lru_cache(maxsize=256)
+def _fingerprint(sources: tuple[str, ...], q: str | None, since: datetime | None, until: datetime | None) -> str:
+    """filters_fingerprint, remembered for the filters clients repeat (most ask for none)."""
+    return filters_fingerprint(sources=list(sources), q=q, since=since, until=until)
+
+
 @dataclass(frozen=True)
 class Page:
     """One page of records as PostgreSQL rendered them: a JSON array, ready to send."""
@@ -128,16 +153,16 @@ async def fetch_page(
     db: AsyncConnection, *, flt: RecordFilter, after_id: int | None, offset: int, page_size: int
 ) -> Page:
     """Matching records in id order, each rendered as the API's JSON object by PostgreSQL
-    (row_to_json; the read pool's sessions run in UTC, so timestamps read as the API always
-    wrote them), whether another record follows, and the maintained total when the same
-    statement can read it (filters that need no scan of records, and a non-empty page):
-    one round trip and almost no Python work per record for the common request."""
+    (row_to_json of PAGE_COLUMNS, timestamps as the API always wrote them), whether another
+    record follows, and the maintained total when the same statement can read it (filters
+    that need no scan of records, and a non-empty page): one round trip and almost no
+    Python work per record for the common request."""
     params: list[Any] = []
     where = flt.where(params, after_id=after_id)
     total_column = "" if flt.scans_records else f", ({maintained_total_sql(flt)}) AS {_TOTAL}"
     sql = (
         f"SELECT r.id, convert_to(row_to_json(r)::text, 'UTF8') AS item{total_column} FROM ("
-        f"SELECT {RECORD_COLUMNS} FROM records WHERE {where} ORDER BY id LIMIT ${len(params) + 1}"
+        f"SELECT {PAGE_COLUMNS} FROM records WHERE {where} ORDER BY id LIMIT ${len(params) + 1}"
         f" OFFSET ${len(params) + 2}) AS r ORDER BY r.id"
     )
     rows = await fetch(db, sql, *params, page_size + 1, offset)
@@ -183,7 +208,7 @@ async def list_data(
 ) -> Response:
     """Records in id order, with exact (or flagged estimated) total and a keyset cursor."""
     flt = RecordFilter(sources=list(dict.fromkeys(source or [])), q=q, since=_utc(since), until=_utc(until))
-    fingerprint = filters_fingerprint(sources=flt.sources, q=flt.q, since=flt.since, until=flt.until)
+    fingerprint = _fingerprint(tuple(flt.sources), flt.q, flt.since, flt.until)
     after_id: int | None = None
     if cursor is not None:
         try:

@@ -9,13 +9,14 @@ import orjson
 from fastapi import APIRouter, Request
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.responses import Response
 
-from app.api.deps import ReadConnectionDep, SettingsDep, SourcesDep
+from app.api.deps import ReadConnectionDep
 from app.api.responses import COMMON_ERRORS, error_responses
 from app.api.schemas import Stats
 from app.db.session import Queryable, fetch
 from app.queue_depth import queue_depths
-from app.runs import RUN_COLUMNS, run_to_api
+from app.runs import RUN_COLUMNS
 from celeryconfig import QUEUES
 
 router = APIRouter(tags=["operations"])
@@ -71,7 +72,27 @@ ORDER BY last.position
 """
 
 
-async def stats_snapshot(db: AsyncConnection, *, configured: list[str]) -> dict[str, Any]:
+COUNT_COLUMNS = ("fetched", "inserted", "updated", "unchanged", "rejected")
+
+
+def _run(row: Any) -> dict[str, Any]:
+    """A run in the contract's shape, timestamps left as datetimes (rendered by orjson)."""
+    return {
+        "id": row["id"],
+        "source": row["source"],
+        "trigger": row["trigger"],
+        "status": row["status"],
+        "created_at": row["created_at"],
+        "started_at": row["started_at"],
+        "finished_at": row["finished_at"],
+        "counts": {key: row[key] for key in COUNT_COLUMNS},
+        "error": row["error"],
+    }
+
+
+async def stats_snapshot(
+    db: AsyncConnection, *, configured: list[str]
+) -> tuple[dict[str, Any], dict[str, Any], int, int]:
     """Records per source, runs per status and the last run of each configured or counted
     source, rejects and drift events: the database part of GET /stats."""
     rows = await fetch(db, STATS_SQL, configured)
@@ -80,30 +101,31 @@ async def stats_snapshot(db: AsyncConnection, *, configured: list[str]) -> dict[
         orjson.loads(v) if isinstance(v, str) else v for v in (first["by_source"], first["by_status"])
     )
     by_status = {**dict.fromkeys(RUN_STATUSES, 0), **by_status}
-    last = {row["source"]: run_to_api(dict(row)) for row in rows if row["id"] is not None}
-    return {
-        "records": {"total": sum(by_source.values()), "by_source": by_source},
-        "runs": {"total": sum(by_status.values()), "by_status": by_status, "last_by_source": last},
-        "rejected": int(first["rejected_total"]),
-        "drift_events": int(first["drift_total"]),
-    }
+    last = {row["source"]: _run(row) for row in rows if row["id"] is not None}
+    records = {"total": sum(by_source.values()), "by_source": by_source}
+    runs = {"total": sum(by_status.values()), "by_status": by_status, "last_by_source": last}
+    return records, runs, int(first["rejected_total"]), int(first["drift_total"])
 
 
 @router.get(
     "/stats", response_model=Stats, summary="Counts and queue depth", responses=error_responses(*COMMON_ERRORS, 503)
 )
-async def stats(request: Request, db: ReadConnectionDep, settings: SettingsDep, sources: SourcesDep) -> dict[str, Any]:
+async def stats(request: Request, db: ReadConnectionDep) -> Response:
     """Records per source, runs per status and last run per source, queue depths, rejects, drift."""
+    state = request.app.state
     # The broker is read while the database answers.
     depths = asyncio.ensure_future(
         queue_depths(
-            broker_url=settings.celery_broker_url or settings.redis_url,
-            broker_redis=request.app.state.broker_redis,
+            broker_url=state.settings.celery_broker_url or state.settings.redis_url,
+            broker_redis=state.broker_redis,
             queues=QUEUES,
         )
     )
     try:
-        snapshot = await stats_snapshot(db, configured=list(sources))
+        records, runs, rejected, drift = await stats_snapshot(db, configured=list(state.sources))
     finally:
         queues = await depths
-    return {**snapshot, "queues": queues}
+    # Rendered as the Stats model would render it (same field order, UTC timestamps with Z;
+    # tests/api/test_stats_sources.py compares the two), without validating it again.
+    body = {"records": records, "runs": runs, "queues": queues, "rejected": rejected, "drift_events": drift}
+    return Response(orjson.dumps(body, option=orjson.OPT_UTC_Z), media_type="application/json")

@@ -61,9 +61,6 @@ def _engine(settings: Settings, *, pool_size: int, max_overflow: int, **options:
             "command_timeout": STATEMENT_TIMEOUT_MS / 1000 + 5,
             "server_settings": {
                 "application_name": "ingest-api",
-                # Timestamps PostgreSQL renders as text (GET /data's JSON) read in UTC,
-                # as the API writes every timestamp, whatever the server's TimeZone.
-                "timezone": "UTC",
                 "statement_timeout": str(STATEMENT_TIMEOUT_MS),
                 "idle_in_transaction_session_timeout": str(IDLE_IN_TRANSACTION_TIMEOUT_MS),
             },

@@ -35,11 +35,17 @@ TRICKY = [
     {
         "source": "posts",
         "external_id": "nulls",
-        "published_at": datetime(1900, 1, 1, tzinfo=UTC),
+        "published_at": datetime(1900, 1, 1, 0, 0, 0, 10, tzinfo=UTC),
         "data": {"only": None},
         "updated_at": datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=UTC),
     },
-    {"source": "news", "external_id": "ancient", "published_at": datetime(1, 1, 1, tzinfo=UTC), "data": []},
+    {
+        "source": "news",
+        "external_id": "ancient",
+        "published_at": datetime(1, 1, 1, tzinfo=UTC),
+        "data": [],
+        "updated_at": datetime(2026, 1, 2, 3, 4, 5, 120000, tzinfo=UTC),  # trailing zeros are kept
+    },
 ]
 
 
@@ -65,7 +71,9 @@ async def test_records_read_as_the_api_rendered_them_itself(client, db):
     assert items[0]["published_at"] == "2026-03-01T06:30:00+00:00"
     assert items[0]["updated_at"] == "2026-01-02T03:04:05+00:00"
     assert items[1]["updated_at"] == "2026-01-02T03:04:05.123456+00:00"
+    assert items[1]["published_at"] == "1900-01-01T00:00:00.000010+00:00"
     assert items[2]["published_at"] == "0001-01-01T00:00:00+00:00"
+    assert items[2]["updated_at"] == "2026-01-02T03:04:05.120000+00:00"
     by_id = [(await client.get("/data", params={"page_size": 1, "page": n})).json()["items"] for n in (1, 2, 3)]
     assert [page[0] for page in by_id] == expected
 
@@ -93,3 +101,12 @@ async def test_page_size_and_next_cursor_around_the_page_end(client, db):
     assert [item["id"] for item in rest["items"]] == ids[4:] and rest["next_cursor"] is None
     past = (await client.get("/data", params={"page": 9})).json()
     assert past["items"] == [] and past["total"] == 5 and past["next_cursor"] is None
+
+
+async def test_timestamps_read_as_python_isoformat_for_any_microseconds(client, db):
+    micros = [0, 1, 10, 500, 100000, 120000, 123450, 999999]
+    stamps = [datetime(2026, 7, 8, 9, 10, 11, micro, tzinfo=UTC) for micro in micros]
+    insert_records(db, [{"source": "posts", "external_id": str(n), "updated_at": ts} for n, ts in enumerate(stamps)])
+    items = (await client.get("/data")).json()["items"]
+    assert [item["updated_at"] for item in items] == [ts.isoformat() for ts in stamps]
+    assert [item["published_at"] for item in items] == [None] * len(stamps)

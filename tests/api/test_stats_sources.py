@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import anyio
 import orjson
 import pytest
 
+from app.api.schemas import Stats
 from app.enqueue import FETCH_TASK, producer
 from tests.api.conftest import assert_error, insert_records, insert_run
 
@@ -66,6 +69,24 @@ async def test_stats_last_run_of_configured_sources_in_order_then_of_other_count
     }
     assert body["records"]["by_source"] == {"aa_retired": 1, "news": 1, "zz_retired": 1}
     assert body["runs"]["total"] == 6 and body["runs"]["by_status"]["succeeded"] == 5
+
+
+async def test_stats_reads_exactly_as_its_response_model_renders_it(client, db):
+    insert_records(db, [{"source": "posts", "external_id": "1"}, {"source": "zz_other", "external_id": "1"}])
+    whole_second = datetime(2026, 5, 1, 8, 0, 0, tzinfo=UTC)
+    insert_run(db, "posts", "failed", error='quote " and ünïcode', created_at=whole_second, started_at=whole_second,
+               finished_at=whole_second.replace(microsecond=120000), fetched=3, inserted=1, updated=1, rejected=1)
+    insert_run(db, "news", "queued", created_at=datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    insert_run(db, "zz_other", "succeeded")
+    for body in ((await client.get("/stats")).content, (await client.get("/stats")).content):
+        rendered_by_model = orjson.dumps(Stats.model_validate(orjson.loads(body)).model_dump(mode="json"))
+        assert body == rendered_by_model
+    stats = orjson.loads(body)
+    assert list(stats) == ["records", "runs", "queues", "rejected", "drift_events"]
+    posts = stats["runs"]["last_by_source"]["posts"]
+    assert posts["created_at"] == "2026-05-01T08:00:00Z" and posts["finished_at"] == "2026-05-01T08:00:00.120000Z"
+    assert stats["runs"]["last_by_source"]["news"]["started_at"] is None
+    assert posts["counts"] == {"fetched": 3, "inserted": 1, "updated": 1, "unchanged": 0, "rejected": 1}
 
 
 async def test_stats_of_an_empty_database(client, db):
