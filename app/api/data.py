@@ -30,7 +30,7 @@ router = APIRouter(tags=["data"])
 
 EXACT_TOTAL_CAP = 100_000
 MAX_ID = 2**63 - 1
-_TOTAL = "maintained_total"  # the extra column fetch_records may read with the page
+_TOTAL = "maintained_total"  # the extra column fetch_page may read with the page
 # The API shape straight from PostgreSQL: content_hash as hex costs no Python per row.
 RECORD_COLUMNS = (
     "id, source, external_id, title, content, author, url, published_at, data, encode(content_hash, 'hex')"
@@ -116,15 +116,23 @@ def maintained_total_sql(flt: RecordFilter) -> str:
     return f"SELECT coalesce(sum(records), 0)::bigint FROM source_stats{where}"
 
 
-async def count_records(db: AsyncConnection, *, flt: RecordFilter) -> tuple[int, bool]:
-    """Number of matching records and whether it is an estimate."""
+def bounded_count_sql(flt: RecordFilter, *, cap_param: int) -> str:
+    """Matching records counted up to the cap (`$cap_param`), for filters that scan records;
+    the filter's values bind as flt.where binds them."""
+    return f"SELECT count(*) FROM (SELECT 1 FROM records WHERE {flt.where([])} LIMIT ${cap_param}) AS bounded"
+
+
+async def count_records(db: AsyncConnection, *, flt: RecordFilter, counted: int | None = None) -> tuple[int, bool]:
+    """Number of matching records and whether it is an estimate; `counted` is the bounded
+    count when the page statement read it already."""
     if not flt.scans_records:
         rows = await fetch(db, maintained_total_sql(flt), *([flt.sources] if flt.sources else []))
         return int(rows[0][0]), False
     params: list[Any] = []
     where = flt.where(params)
-    bounded = f"SELECT count(*) FROM (SELECT 1 FROM records WHERE {where} LIMIT ${len(params) + 1}) AS bounded"
-    counted = int((await fetch(db, bounded, *params, EXACT_TOTAL_CAP + 1))[0][0])
+    if counted is None:
+        bounded = bounded_count_sql(flt, cap_param=len(params) + 1)
+        counted = int((await fetch(db, bounded, *params, EXACT_TOTAL_CAP + 1))[0][0])
     if counted <= EXACT_TOTAL_CAP:
         return counted, False
     plan = (await fetch(db, f"EXPLAIN (FORMAT JSON) SELECT 1 FROM records WHERE {where}", *params))[0][0]
@@ -146,7 +154,9 @@ class Page:
     items_json: bytes  # the API shape of every record, in id order
     more: bool  # a record follows the page
     last_id: int | None
-    total: int | None  # the maintained total, when the statement could read it
+    # Read by the page statement when the page is not empty: the maintained total (filters
+    # that need no scan of records), else the count of matches up to EXACT_TOTAL_CAP + 1.
+    total: int | None
 
 
 async def fetch_page(
@@ -154,24 +164,27 @@ async def fetch_page(
 ) -> Page:
     """Matching records in id order, each rendered as the API's JSON object by PostgreSQL
     (row_to_json of PAGE_COLUMNS, timestamps as the API always wrote them), whether another
-    record follows, and the maintained total when the same statement can read it (filters
-    that need no scan of records, and a non-empty page): one round trip and almost no
-    Python work per record for the common request."""
+    record follows, and the total (see Page.total) read by the same statement: one round
+    trip and almost no Python work per record for the common request."""
     params: list[Any] = []
     where = flt.where(params, after_id=after_id)
-    total_column = "" if flt.scans_records else f", ({maintained_total_sql(flt)}) AS {_TOTAL}"
+    limit, offset_at, cap = len(params) + 1, len(params) + 2, len(params) + 3
+    if flt.scans_records:
+        total_sql, extra = bounded_count_sql(flt, cap_param=cap), [EXACT_TOTAL_CAP + 1]
+    else:
+        total_sql, extra = maintained_total_sql(flt), []
     sql = (
-        f"SELECT r.id, convert_to(row_to_json(r)::text, 'UTF8') AS item{total_column} FROM ("
-        f"SELECT {PAGE_COLUMNS} FROM records WHERE {where} ORDER BY id LIMIT ${len(params) + 1}"
-        f" OFFSET ${len(params) + 2}) AS r ORDER BY r.id"
+        f"SELECT r.id, convert_to(row_to_json(r)::text, 'UTF8') AS item, ({total_sql}) AS {_TOTAL} FROM ("
+        f"SELECT {PAGE_COLUMNS} FROM records WHERE {where} ORDER BY id LIMIT ${limit} OFFSET ${offset_at}) AS r"
+        " ORDER BY r.id"
     )
-    rows = await fetch(db, sql, *params, page_size + 1, offset)
+    rows = await fetch(db, sql, *params, page_size + 1, offset, *extra)
     shown = rows[:page_size]
     return Page(
         items_json=b"[" + b",".join([row[1] for row in shown]) + b"]",
         more=len(rows) > page_size,
         last_id=shown[-1][0] if shown else None,
-        total=rows[0][2] if rows and total_column else None,
+        total=rows[0][2] if rows else None,
     )
 
 
@@ -217,9 +230,10 @@ async def list_data(
             raise ApiError(400, f"query parameter 'cursor': {exc}", code="invalid_cursor") from None
     offset = 0 if cursor is not None else (page - 1) * page_size
     found = await fetch_page(db, flt=flt, after_id=after_id, offset=offset, page_size=page_size)
-    total, estimated = found.total, False
-    if total is None:
-        total, estimated = await count_records(db, flt=flt)
+    if found.total is not None and (not flt.scans_records or found.total <= EXACT_TOTAL_CAP):
+        total, estimated = found.total, False
+    else:  # an empty page, or more matches than the cap: the estimate
+        total, estimated = await count_records(db, flt=flt, counted=found.total)
     state = request.scope.get("state", {})  # set by RequestContextMiddleware
     started, request_id = state.get("started_at", time.perf_counter()), str(state.get("request_id", ""))
     rest = orjson.dumps(

@@ -280,3 +280,21 @@ async def test_data_answers_503_envelope_when_database_is_down(make_client):
     client = await make_client(database_url="postgresql://postgres@127.0.0.1:1/nowhere")
     error = assert_error(await client.get("/data"), 503, "unavailable")
     assert "database" in error["message"]
+
+
+async def test_filtered_total_is_the_same_on_every_page_of_a_walk_and_past_the_end(client, db):
+    insert_records(db, [{"source": "posts", "external_id": f"m{i}", "title": "match"} for i in range(7)])
+    insert_records(db, [{"source": "news", "external_id": f"n{i}", "title": "match"} for i in range(2)])
+    insert_records(db, [{"source": "posts", "external_id": f"o{i}", "title": "other"} for i in range(3)])
+    for params, expected in (({"q": "match"}, 9), ({"q": "match", "source": "posts"}, 7),
+                             ({"since": "2000-01-01T00:00:00Z", "source": "news"}, 2)):  # fmt: skip
+        body = (await client.get("/data", params={**params, "page_size": 3})).json()
+        totals, seen = [body["total"]], len(body["items"])
+        while body["next_cursor"] is not None:
+            body = (await client.get("/data", params={**params, "page_size": 3, "cursor": body["next_cursor"]})).json()
+            totals.append(body["total"])
+            seen += len(body["items"])
+            assert body["total_is_estimate"] is False
+        assert seen == expected and set(totals) == {expected}, (params, totals)
+        past = (await client.get("/data", params={**params, "page": 99})).json()
+        assert past["items"] == [] and past["total"] == expected and past["total_is_estimate"] is False
