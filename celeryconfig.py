@@ -5,6 +5,8 @@ writes in PostgreSQL (see docs/reliability.md). These settings make redelivery h
 when it should (a killed worker) and never when it should not (a long task).
 """
 
+import os
+
 from kombu import Queue
 
 from app.settings import get_settings
@@ -30,6 +32,11 @@ accept_content = ["json"]
 task_acks_late = True
 task_reject_on_worker_lost = True
 worker_prefetch_multiplier = 1
+# One pool process per core, plus one: a run's fetch stage is a single long task that reads
+# and parses while the chunks it fans out are normalised, and with only one process per
+# core it took a core's process away from normalising for half of a large first load
+# (docs/benchmarks.md). `celery worker -c N` overrides this.
+worker_concurrency = (os.cpu_count() or 1) + 1
 task_track_started = True
 task_send_sent_event = True
 worker_send_task_events = True

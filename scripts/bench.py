@@ -64,7 +64,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--json-records", type=int, default=100_000, help="records behind the JSON API")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every timed step (medians reported)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 3 s load tests, no doc unless --doc")
-    parser.add_argument("--concurrency", type=int, default=None, help="worker -c (default: Celery's, = cores)")
+    parser.add_argument("--concurrency", type=int, default=None, help="worker -c (default: cores + 1)")
     parser.add_argument("--chunk-size", type=int, default=None, help="override the CSV source's chunk_size")
     parser.add_argument("--load-seconds", type=float, default=10.0, help="duration of each wrk run")
     parser.add_argument("--skip-load", action="store_true", help="skip the API load tests")

@@ -33,7 +33,7 @@ def machine(db_url: str, *, workers_concurrency: int | None) -> dict[str, Any]:
         "postgresql": version,
         "pg_settings": settings,
         "python": platform.python_version(),
-        "worker_concurrency": workers_concurrency or os.cpu_count(),
+        "worker_concurrency": workers_concurrency or (os.cpu_count() or 1) + 1,  # celeryconfig's default
         "commit": commit.stdout.strip() + (" (+ uncommitted changes)" if dirty.stdout.strip() else ""),
     }
 
