@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.http_server import Response
 from workers.sources import csv_source
-from workers.sources.base import FetchState, PermanentError, RawItem
+from workers.sources.base import FetchState, PermanentError, RawItem, RowBatch, TabularRow
 
 
 def run(source, state: FetchState | None = None, fetcher=None):  # type: ignore[no-untyped-def]
@@ -129,6 +129,39 @@ def test_rows_stream_without_reading_ahead(make_source, tmp_path) -> None:
     first: RawItem = next(extraction.items)
     assert first.record == {"id": "0", "v": "0"} and first.line == 2
     assert sum(1 for _ in extraction.items) == 49_999
+
+
+def rows_of(path: Path) -> csv_source.CsvRows:
+    return csv_source.CsvRows(path, "utf-8", ",", str(path))
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 5000])
+@pytest.mark.parametrize("case", ["broken_rows.csv", "bom_quoted.csv"])
+def test_batches_hold_the_rows_of_items_in_the_same_order(cases, case: str, size: int) -> None:
+    expected = list(rows_of(cases / case).items())
+    batches = list(rows_of(cases / case).batches(size))
+    assert all(0 < len(batch) <= size for batch in batches)
+    assert [item for batch in batches for item in batch.items()] == expected
+    assert sum(len(batch.values) for batch in batches) == sum(1 for item in expected if item.error is None)
+
+
+def test_extraction_batches_and_items_share_one_stream(make_source, cases) -> None:
+    extraction = csv_source.extract(csv_at(make_source, cases / "broken_rows.csv"), FetchState())
+    assert extraction.batches is not None
+    first = next(extraction.batches)
+    assert [item.line for item in first.items()] == [2, 3, 4, 5, 6, 8, 10]
+    assert list(extraction.items) == []  # the batch took them all
+
+
+def test_a_batch_makes_items_for_the_chosen_rows_and_every_rejection_in_file_order() -> None:
+    columns = ["id"]
+    bad = [RawItem(line=n, error=f"bad {n}") for n in (1, 4, 9)]
+    batch = RowBatch(columns, [["a"], ["b"], ["c"]], [2, 3, 5], [(0, bad[0]), (2, bad[1]), (3, bad[2])])
+    assert [item.line for item in batch.items()] == [1, 2, 3, 4, 5, 9]
+    chosen = batch.items([b"A", b"B", b"C"], only=[1])
+    assert [(item.line, item.digest) for item in chosen] == [(1, None), (3, b"B"), (4, None), (9, None)]
+    assert chosen[1] == TabularRow(["b"], 3, columns, b"B")
+    assert len(batch) == 6
 
 
 # -- over HTTP -------------------------------------------------------------------------

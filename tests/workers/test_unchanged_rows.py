@@ -17,8 +17,8 @@ from app.sources_config import SourceConfig
 from tests.support.http_server import LocalHTTPServer, Response
 from tests.support.pipeline import ingest, records, source
 from workers.pipeline.raw_digest import RowDigester, config_fingerprint
-from workers.pipeline.unchanged import filters
-from workers.sources.base import RawItem, TabularRow
+from workers.pipeline.unchanged import _PROBE_SETTINGS, _TO_KEEP, SEP, _likely_ids, filters
+from workers.sources.base import RawItem, RowBatch, TabularRow
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -212,3 +212,73 @@ def test_a_key_holding_the_separator_keeps_its_batch_whole(db: psycopg.Connectio
     assert raw_chunks_of(db, again["id"]) == (4, 0)
     assert (again["inserted"], again["updated"], again["unchanged"]) == (1, 1, 2)
     assert records(db, "odd")["4"]["title"] == "changed"
+
+
+def test_a_batch_of_rows_gets_the_keys_and_digests_of_its_rows_one_by_one() -> None:
+    digester = RowDigester(SourceConfig(name="s", kind="csv", url="/f.csv", id_field="id"))
+    columns = ["name", "id"]
+    values = [["Ann", "7"], ["Bob", ""], ["Cy", "  "], ["Di", "8"], ["Ed", "7"], ["Fay", "a\x00b"]]
+    keys, digests = digester.tabular(RowBatch(columns, values, list(range(2, 8))))
+    one_by_one = [TabularRow(row, 1, columns) for row in values]
+    assert keys == [digester.key(row) for row in one_by_one] == ["7", None, None, "8", "7", "a\ufffdb"]
+    assert digests == [digester.digest(row) for row in one_by_one]
+    assert digester.tabular(RowBatch(["name"], [["Ann"]], [2]))[0] == [None]  # no id column
+
+
+def test_the_likely_id_range_covers_a_chunk_block_and_gives_up_when_too_wide() -> None:
+    in_order = [101 + 625 * n for n in range(8)]  # a batch of 5,000 stored as ids 101..5100
+    lo, hi = _likely_ids(in_order, margin=1250, count=5000)
+    assert lo <= 101 and hi >= 5100 and hi - lo < 3 * 5000
+    assert _likely_ids([1, 90_000], margin=1250, count=5000) == (1, 0)  # empty: probe every key
+
+
+def test_the_id_range_decides_the_cost_of_a_comparison_never_its_answer(db: psycopg.Connection) -> None:
+    """Rows whose records lie outside the range scanned are probed one by one: any range,
+    even an empty or a wrong one, leaves the same rows to keep."""
+    stored = {f"k{i:02}": bytes([i + 1]) * 16 for i in range(40)}
+    for key, digest in stored.items():
+        db.execute(
+            "INSERT INTO records (source, external_id, data, content_hash, raw_digest, last_run_id)"
+            " VALUES ('ranged', %s, '{}', %s, %s, %s)",
+            (key, bytes(32), None if key == "k06" else digest, 99 if key == "k05" else 1),
+        )
+    db.execute(  # another source's record in the middle of the range, with a matching digest
+        "INSERT INTO records (source, external_id, data, content_hash, raw_digest) VALUES ('other', 'k41', '{}', %s, %s)",
+        (bytes(32), bytes(16)),
+    )
+    keys = [f"k{i:02}" for i in range(45)]  # k40..k44 are not stored for this source
+    sent = [stored.get(key, bytes(16)) for key in keys]
+    sent[3] = sent[20] = b"\xff" * 16  # changed rows
+    # 1-based positions: the changed rows, the record written by this run (k05), the one
+    # without a digest (k06), the rows not stored.
+    expected = {4, 21, 6, 7, 41, 42, 43, 44, 45}
+    ids = dict(db.execute("SELECT external_id, id FROM records WHERE source = 'ranged'").fetchall())
+    first, last = min(ids.values()), max(ids.values())
+    with psycopg.connect(db.info.dsn, autocommit=True) as probe:
+        for setting in _PROBE_SETTINGS:
+            probe.execute(setting)
+        for lo, hi in [(1, 0), (first, last + 1), (first + 10, last - 10), (last + 100, last + 200), (0, last * 10)]:
+            params = {"source": "ranged", "run_id": 99, "sep": SEP, "keys": SEP.join(keys),
+                      "digests": b"".join(sent), "lo": lo, "hi": hi}
+            assert {n for (n,) in probe.execute(_TO_KEEP, params)} == expected, (lo, hi)
+
+
+def test_a_rerun_of_reordered_rows_still_leaves_out_exactly_the_unchanged(
+    db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """Rows that moved since the first load are found outside the range their batch
+    expects, by a probe each."""
+    path = tmp_path / "moved.csv"
+    rows = csv_rows(12_000)
+    write_csv(path, rows)
+    config = source("moved", "csv", str(path), chunk_size=2000)
+    assert ingest(db, config)["inserted"] == 12_000
+
+    moved = rows[9000:] + rows[3000:9000] + rows[:3000]  # first and last quarters swap places
+    for row in moved[::100]:
+        row[2] = "changed"
+    write_csv(path, moved)
+    again = ingest(db, config)
+
+    assert (again["updated"], again["unchanged"], again["inserted"]) == (120, 11_880, 0)
+    assert raw_chunks_of(db, again["id"]) == (120, 11_880)

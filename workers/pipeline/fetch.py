@@ -25,7 +25,7 @@ from workers.pipeline.gc_pause import paused_gc
 from workers.pipeline.incremental import is_after
 from workers.pipeline.raw import encode_item, store_chunk
 from workers.pipeline.unchanged import BATCH, Sifted, UnchangedRows
-from workers.sources.base import FetchState, RawItem, SourceError, dotted_get
+from workers.sources.base import Extraction, FetchState, RawItem, RowBatch, SourceError, dotted_get
 from workers.sources.registry import extract
 
 log = structlog.get_logger(__name__)
@@ -83,7 +83,7 @@ def fetch_run(
         extraction = extract(source, state)
         chunks = 0
         if not extraction.not_modified:
-            chunks = _store_and_fan_out(conn, run_id, source, state, extraction.items, enqueue_chunk)
+            chunks = _store_and_fan_out(conn, run_id, source, state, extraction, enqueue_chunk)
     except SourceError as exc:
         message = f"{type(exc).__name__}: {_redact(str(exc), source)}"
         fail_run(conn, run_id, message)
@@ -105,7 +105,7 @@ def _store_and_fan_out(
     run_id: int,
     source: SourceConfig,
     state: FetchState,
-    items: Any,
+    extraction: Extraction,
     enqueue_chunk: EnqueueChunk,
 ) -> int:
     incremental = source.incremental_field
@@ -149,11 +149,9 @@ def _store_and_fan_out(
         if time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
             heartbeat()  # a long stretch of unchanged rows stores no chunk
 
-    def hand_on() -> None:
-        """Start comparing the pending batch; meanwhile keep what the previous one left."""
-        nonlocal pending
-        in_flight.append(unchanged.submit(pending))
-        pending = []
+    def hand_on(batch: list[RawItem] | RowBatch) -> None:
+        """Start comparing a batch; meanwhile keep what the one before the last left."""
+        in_flight.append(unchanged.submit(batch))
         if len(in_flight) > IN_FLIGHT:
             keep(in_flight.popleft())
 
@@ -161,6 +159,13 @@ def _store_and_fan_out(
     # slow upstream's first rows reach the workers about as early as without the filter.
     batch_size = min(source.chunk_size, BATCH)
     with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source) as unchanged:
+        items = extraction.items
+        if unchanged.enabled and extraction.batches is not None:
+            # A tabular source's rows, a batch at a time (from a local or already downloaded
+            # file, so the batch size does not delay the first chunk). Same stream as items.
+            for batch in extraction.batches:
+                hand_on(batch)
+            items = iter(())
         for item in items:
             if incremental and item.record is not None and state.checkpoint is not None:
                 if not is_after(dotted_get(item.record, incremental), state.checkpoint):
@@ -170,8 +175,9 @@ def _store_and_fan_out(
                 continue
             pending.append(item)
             if len(pending) >= batch_size:
-                hand_on()
-        hand_on()
+                hand_on(pending)
+                pending = []
+        hand_on(pending)
         while in_flight:
             keep(in_flight.popleft())
         if buffer or skipped:

@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from app.sources_config import SourceConfig
-from workers.sources.base import RawItem, dotted_get
+from workers.sources.base import RawItem, RowBatch, dotted_get
 
 DIGEST_BYTES = 16  # 128 bits: collisions are out of reach for any number of rows we will see
 _NUL, _REPLACEMENT = "\x00", "\ufffd"
@@ -80,9 +80,7 @@ class RowDigester:
                 return None
             identity = record.get(self._id_key) if self._id_key is not None else dotted_get(record, self._id_field)
         if type(identity) is str:
-            if not identity or identity.isspace():
-                return None
-            return identity.replace(_NUL, _REPLACEMENT) if _NUL in identity else identity
+            return _usable_key(identity)
         if type(identity) is int:
             return str(identity)
         return None
@@ -108,9 +106,38 @@ class RowDigester:
         digest.update(encoded)
         return digest.digest()
 
+    def tabular(self, batch: RowBatch) -> tuple[list[str | None], list[bytes]]:
+        """The keys and digests of a batch's good rows, one each, in order: what key() and
+        digest() give for each row as a TabularRow, at a fraction of the cost per row."""
+        if batch.columns is not self._columns:
+            self._learn_columns(batch.columns)
+        copy, dumps = self._with_columns.copy, orjson.dumps
+
+        def digest_of(values: list[str]) -> bytes:
+            digest = copy()
+            digest.update(dumps(values))
+            return digest.digest()
+
+        digests = list(map(digest_of, batch.values))
+        index = self._id_index
+        if index is None:
+            return [None] * len(digests), digests
+        keys: list[str | None] = [values[index] for values in batch.values]
+        # One check of the whole batch usually clears every id (see _usable_key).
+        if not all(keys) or any(map(str.isspace, keys)) or _NUL in "".join(keys):  # type: ignore[arg-type]
+            keys = [_usable_key(key) for key in keys]  # type: ignore[arg-type]
+        return keys, digests
+
     def _learn_columns(self, columns: list[str] | None) -> None:
         assert columns is not None
         self._columns = columns
         self._with_columns = self._seeded.copy()
         self._with_columns.update(orjson.dumps(columns))
         self._id_index = columns.index(self._id_field) if self._id_field in columns else None
+
+
+def _usable_key(identity: str) -> str | None:
+    """A string id as the normaliser stores it (NUL replaced); None when empty or blank."""
+    if not identity or identity.isspace():
+        return None
+    return identity.replace(_NUL, _REPLACEMENT) if _NUL in identity else identity

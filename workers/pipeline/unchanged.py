@@ -29,13 +29,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import psycopg
 
 from app.sources_config import SourceConfig
 from workers.pipeline.raw_digest import DIGEST_BYTES, RowDigester
-from workers.sources.base import RawItem
+from workers.sources.base import RawItem, RowBatch
 
 GIL_SWITCH_INTERVAL_S = 0.001  # while a fetch runs (see UnchangedRows.__enter__)
 SEP = "\x1e"  # joins a batch's keys into one parameter (see _TO_KEEP)
@@ -43,33 +43,44 @@ PROBE_THREADS = 2  # batches compared at once, each on its own connection
 BATCH = 5000  # rows compared per query, at most (the fetch stage sends a chunk's worth)
 
 # A few evenly spaced keys first: when none of them is recognisable (a first load, or
-# new records), the batch is kept whole without comparing every row.
-_SAMPLE_SIZE = 8
-_RECOGNISABLE = """
-SELECT count(*) FROM string_to_table(%(keys)s, %(sep)s) AS k(id)
-WHERE (SELECT r.raw_digest FROM records r
-       WHERE r.source = %(source)s AND r.external_id = k.id AND r.last_run_id IS DISTINCT FROM %(run_id)s) IS NOT NULL
+# new records), the batch is kept whole without comparing every row. Their records' ids
+# also tell where the rest of the batch probably is (see _likely_ids).
+_SAMPLE_SIZE = 16
+_SAMPLE_IDS = """
+SELECT r.id FROM string_to_table(%(keys)s, %(sep)s) AS k(id)
+JOIN LATERAL (SELECT id FROM records r
+              WHERE r.source = %(source)s AND r.external_id = k.id AND r.last_run_id IS DISTINCT FROM %(run_id)s
+                AND r.raw_digest IS NOT NULL LIMIT 1) r ON true
 """
-# The positions (1-based) of the rows to keep: a nested loop of index probes on (source,
-# external_id), one per key. The probe connection allows no other plan (see
-# _PROBE_SETTINGS): an anti-join planned from a fresh table's statistics once read the
-# whole source instead, and a join costs PostgreSQL 40% less than a scalar subquery per
-# key. The keys travel as one text joined by SEP (psycopg dumps a 5,000-element array in
-# Python, holding the GIL the fetch stage needs), the digests as one bytea, 16 bytes a
-# row in key order, sent in binary (%b).
+# The positions (1-based) of the rows to keep. The records of a batch's rows were usually
+# stored together (by one chunk of an earlier run), so they mostly lie in one range of
+# ids: one scan of that range, hashed and joined to the keys, costs PostgreSQL about a
+# third of an index probe per key. A key not found in the range (a row moved, new, or written by
+# this run) is probed on its own, so the range only decides the cost, never the answer;
+# an empty range (lo > hi) probes every key. The keys travel as one text joined by SEP
+# (psycopg dumps a 5,000-element array in Python, holding the GIL the fetch stage needs),
+# the digests as one bytea, 16 bytes a row in key order, sent in binary (%b).
 _TO_KEEP = f"""
 SELECT k.n FROM string_to_table(%(keys)s, %(sep)s) WITH ORDINALITY AS k(id, n)
-LEFT JOIN records r
-  ON r.source = %(source)s AND r.external_id = k.id AND r.last_run_id IS DISTINCT FROM %(run_id)s
-WHERE r.raw_digest IS DISTINCT FROM
-      substring(%(digests)b::bytea FROM (k.n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES})
+LEFT JOIN (SELECT external_id, raw_digest FROM records
+           WHERE id BETWEEN %(lo)s AND %(hi)s AND source = %(source)s
+             AND last_run_id IS DISTINCT FROM %(run_id)s) r ON r.external_id = k.id
+WHERE CASE WHEN r.external_id IS NOT NULL THEN r.raw_digest
+      ELSE (SELECT p.raw_digest FROM records p
+            WHERE p.source = %(source)s AND p.external_id = k.id AND p.last_run_id IS DISTINCT FROM %(run_id)s) END
+      IS DISTINCT FROM substring(%(digests)b::bytea FROM (k.n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES})
 """
+# A range wider than this many ids a key is not worth reading: the keys are probed instead.
+_RANGE_PER_KEY = 3
 # Session settings of the probe connection, which runs nothing but these two queries.
 # Thousands of probes add up to a plan cost above jit_above_cost, and compiling costs
-# more than it saves; the rest leave a nested loop over the unique index as the only plan.
+# more than it saves. The rest leave one plan: the range read by the primary key and
+# hashed, each other key probed through the unique index (a subquery, which no join
+# setting affects). Without them, an anti-join planned from a fresh table's statistics
+# once read the whole source.
 _PROBE_SETTINGS = (
     "SET jit = off",
-    "SET enable_hashjoin = off",
+    "SET enable_nestloop = off",
     "SET enable_mergejoin = off",
     "SET enable_seqscan = off",
     "SET enable_bitmapscan = off",
@@ -120,17 +131,18 @@ class UnchangedRows:
         for probe_conn in self._opened:
             probe_conn.close()
 
-    def submit(self, items: list[RawItem]) -> Sifted:
+    def submit(self, batch: list[RawItem] | RowBatch) -> Sifted:
         """Start sifting a batch (its digests are set now); the returned function gives the
         items to keep, in order, and how many were dropped."""
+        if isinstance(batch, RowBatch):
+            return self._submit_rows(batch)
+        items = batch
         if not self.enabled or not items:
             return lambda: (items, 0)
         positions, keys, digests = self._recognisable(items)
         if not keys:
             return lambda: (items, 0)
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="unchanged-rows")
-        probe = self._executor.submit(self._rows_to_keep, keys, b"".join(digests))
+        probe = self._probe(keys, digests)
 
         def sifted() -> tuple[list[RawItem], int]:
             to_keep = probe.result()
@@ -142,6 +154,42 @@ class UnchangedRows:
             return [item for position, item in enumerate(items) if position not in dropped], len(dropped)
 
         return sifted
+
+    def _submit_rows(self, batch: RowBatch) -> Sifted:
+        """submit() for a batch of tabular rows: keys and digests are taken a batch at a
+        time, and an object is made only for each row kept."""
+        keys, digests = self._digester.tabular(batch)
+        usable = [key for key in keys if key is not None]
+        if not self.enabled or not usable:
+            return lambda: (batch.items(digests), 0)
+        positions: list[int] | None = None  # of the rows compared; None: every row, in order
+        compared_digests = digests
+        if len(usable) != len(keys) or len(set(usable)) != len(usable):
+            candidates = [position for position, key in enumerate(keys) if key is not None]
+            positions, usable, compared_digests = _without_repeated_keys(
+                candidates, usable, [digests[position] for position in candidates]
+            )
+            if not usable:
+                return lambda: (batch.items(digests), 0)
+        probe = self._probe(usable, compared_digests)
+
+        def sifted() -> tuple[list[RawItem], int]:
+            to_keep = probe.result()
+            if to_keep is None:
+                return batch.items(digests), 0
+            if positions is None:
+                kept = sorted(n - 1 for n in to_keep)
+            else:
+                not_compared = set(range(len(keys))).difference(positions)
+                kept = sorted(not_compared.union(positions[n - 1] for n in to_keep))
+            return batch.items(digests, kept), len(keys) - len(kept)
+
+        return sifted
+
+    def _probe(self, keys: list[str], digests: list[bytes]) -> Future[list[int] | None]:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="unchanged-rows")
+        return self._executor.submit(self._rows_to_keep, keys, b"".join(digests))
 
     def _recognisable(self, items: list[RawItem]) -> tuple[list[int], list[str], list[bytes]]:
         """Set every record's digest; the positions, keys and digests of those that could be
@@ -172,15 +220,17 @@ class UnchangedRows:
             self._idle.append(conn)
 
     def _compare(self, conn: psycopg.Connection, keys: list[str], digests: bytes) -> list[int] | None:
-        params = {"source": self.source_name, "run_id": self.run_id, "sep": SEP}
-        sample = keys[:: max(1, len(keys) // _SAMPLE_SIZE)]
-        row = conn.execute(_RECOGNISABLE, {**params, "keys": SEP.join(sample)}).fetchone()
-        if not (row and row[0]):
-            return None
         joined = SEP.join(keys)
         if joined.count(SEP) != len(keys) - 1:
             return None  # a key holds the separator itself: keep the batch, never mistake a row
-        return [n for (n,) in conn.execute(_TO_KEEP, {**params, "keys": joined, "digests": digests})]
+        params = {"source": self.source_name, "run_id": self.run_id, "sep": SEP}
+        step = max(1, len(keys) // _SAMPLE_SIZE)
+        found = [record_id for (record_id,) in conn.execute(_SAMPLE_IDS, {**params, "keys": SEP.join(keys[::step])})]
+        if not found:
+            return None
+        lo, hi = _likely_ids(found, margin=2 * step, count=len(keys))
+        rows = conn.execute(_TO_KEEP, {**params, "keys": joined, "digests": digests, "lo": lo, "hi": hi})
+        return [n for (n,) in rows]
 
     def _connect(self) -> psycopg.Connection:
         info = self.conn.info
@@ -201,3 +251,14 @@ def _without_repeated_keys(
         (repeated if key in seen else seen).add(key)
     chosen = [i for i, key in enumerate(keys) if key not in repeated]
     return [positions[i] for i in chosen], [keys[i] for i in chosen], [digests[i] for i in chosen]
+
+
+def _likely_ids(found: list[int], *, margin: int, count: int) -> tuple[int, int]:
+    """The range of record ids that probably holds a batch of `count` keys, from the ids of
+    evenly spaced sampled keys: the records of one chunk get a block of ids (in key order,
+    not file order), so the sample's extremes, widened by `margin`, cover nearly all of
+    them. An empty range when that would be too wide to be worth reading."""
+    lo, hi = min(found) - margin, max(found) + margin
+    if hi - lo + 1 > _RANGE_PER_KEY * count:
+        return 1, 0
+    return lo, hi

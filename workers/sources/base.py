@@ -7,7 +7,7 @@ the boundary: TransientError is worth retrying, PermanentError fails the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -99,6 +99,57 @@ class TabularRow(RawItem):
         self.columns = columns
 
 
+class RowBatch:
+    """Rows of a tabular source read in one go (see Extraction.batches).
+
+    Good rows are kept as `values` (lists in the order of `columns`, a list shared by the
+    whole file) with their first physical lines in `lines`; no object is made per row
+    until one is asked for. A row that could not be used is a RawItem in `rejections`,
+    paired with the number of good rows read before it, so that `items()` gives every
+    row in file order.
+    """
+
+    __slots__ = ("columns", "values", "lines", "rejections")
+
+    def __init__(
+        self,
+        columns: list[str],
+        values: list[list[str]],
+        lines: list[int],
+        rejections: list[tuple[int, RawItem]] | None = None,
+    ):
+        self.columns = columns
+        self.values = values
+        self.lines = lines
+        self.rejections = rejections or []
+
+    def __len__(self) -> int:
+        return len(self.values) + len(self.rejections)
+
+    def items(self, digests: Sequence[bytes | None] | None = None, only: list[int] | None = None) -> list[RawItem]:
+        """The rows as items, in file order: the good rows given by position in `only`
+        (ascending; all by default) and every rejection; `digests` (one per good row)
+        are set on the rows made."""
+        columns, values, lines = self.columns, self.values, self.lines
+        positions = range(len(values)) if only is None else only
+        if digests is None:
+            rows: list[RawItem] = [TabularRow(values[i], lines[i], columns) for i in positions]
+        else:
+            rows = [TabularRow(values[i], lines[i], columns, digests[i]) for i in positions]
+        if not self.rejections:
+            return rows
+        merged: list[RawItem] = []
+        next_row = 0
+        good_positions = list(positions)
+        for before, rejection in self.rejections:
+            while next_row < len(good_positions) and good_positions[next_row] < before:
+                merged.append(rows[next_row])
+                next_row += 1
+            merged.append(rejection)
+        merged.extend(rows[next_row:])
+        return merged
+
+
 @dataclass(slots=True)
 class FetchState:
     """What the previous successful run left behind for this source."""
@@ -117,11 +168,17 @@ class Extraction:
     nothing changed: then `items` is empty and nothing is processed. `new_state` holds
     the validators to store once the run succeeds; connectors fill it while `items` is
     consumed, so read it only after exhausting the iterator.
+
+    A tabular connector may also offer `batches`: the same rows, in the same order, a
+    RowBatch at a time, read from the same stream (consume one or the other, never
+    both). A re-run that leaves most rows out unchanged then never makes an object per
+    row (workers/pipeline/unchanged.py).
     """
 
     items: Iterator[RawItem]
     not_modified: bool = False
     new_state: dict[str, Any] = field(default_factory=dict)
+    batches: Iterator[RowBatch] | None = None
 
 
 def dotted_get(obj: Any, path: str) -> Any:

@@ -16,12 +16,13 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from app.sources_config import SourceConfig
-from workers.sources.base import Extraction, FetchState, PermanentError, RawItem, TabularRow
+from workers.sources.base import Extraction, FetchState, PermanentError, RawItem, RowBatch
 from workers.sources.document import source_is_local
 from workers.sources.files import ContentDigest, digest_file, local_path
 from workers.sources.http import Download, HttpFetcher, describe_url
 
 RAW_TEXT_LIMIT = 64 * 1024  # a runaway quoted field must not make one rejection megabytes long
+ROWS_PER_BATCH = 5000  # rows read in one go (Extraction.batches); the unchanged-row filter compares one per query
 
 
 def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None = None) -> Extraction:
@@ -52,7 +53,8 @@ def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None
         if temp is not None:
             temp.unlink(missing_ok=True)
         raise
-    return Extraction(items=rows.items(), new_state={"file_hash": digest.sha256, **validators})
+    batches = rows.batches(ROWS_PER_BATCH)
+    return Extraction(items=_flatten(batches), batches=batches, new_state={"file_hash": digest.sha256, **validators})
 
 
 def _download(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None) -> Download:
@@ -164,34 +166,55 @@ class CsvRows:
             self._temp.unlink(missing_ok=True)
 
     def items(self) -> Iterator[RawItem]:
-        generator = self._rows()
+        """Every row as a RawItem, in file order."""
+        return _flatten(self.batches(ROWS_PER_BATCH))
+
+    def batches(self, size: int) -> Iterator[RowBatch]:
+        """The rows, `size` at a time (fewer in the last batch)."""
+        generator = self._batches(size)
         weakref.finalize(generator, self.close)
         return generator
 
-    def _rows(self) -> Iterator[RawItem]:
+    def _batches(self, size: int) -> Iterator[RowBatch]:
         header, width, reader, raw = self.header, len(self.header), self._reader, self._raw.text
+        values: list[list[str]] = []
+        lines: list[int] = []
+        rejections: list[tuple[int, RawItem]] = []
+
+        def reject(start: int, error: str) -> None:
+            rejections.append((len(values), RawItem(record=None, line=start, error=error,
+                                                    raw_text=raw(start, reader.line_num))))
+
         try:
             while True:
+                if len(values) + len(rejections) >= size:
+                    yield RowBatch(header, values, lines, rejections)
+                    values, lines, rejections = [], [], []
                 start = reader.line_num + 1
                 try:
                     row = next(reader)
                 except StopIteration:
-                    return
+                    break
                 except csv.Error as exc:
-                    error = f"unparsable CSV row: {exc}"
-                    yield RawItem(record=None, line=start, error=error, raw_text=raw(start, reader.line_num))
+                    reject(start, f"unparsable CSV row: {exc}")
                     continue
                 except UnicodeDecodeError:
                     raise PermanentError(f"{self.where}: file changed while being read (no longer UTF-8)") from None
                 if len(row) == width and "\x00" not in "".join(row):
-                    yield TabularRow(row, start, header)
+                    values.append(row)
+                    lines.append(start)
                 elif not row:
                     continue  # blank line
                 elif len(row) != width:
-                    error = f"expected {width} fields as in the header, found {len(row)}"
-                    yield RawItem(record=None, line=start, error=error, raw_text=raw(start, reader.line_num))
+                    reject(start, f"expected {width} fields as in the header, found {len(row)}")
                 else:  # checked on the fields, not the raw text, which may be truncated
-                    error = "row contains a NUL byte"
-                    yield RawItem(record=None, line=start, error=error, raw_text=raw(start, reader.line_num))
+                    reject(start, "row contains a NUL byte")
+            if values or rejections:
+                yield RowBatch(header, values, lines, rejections)
         finally:
             self.close()
+
+
+def _flatten(batches: Iterator[RowBatch]) -> Iterator[RawItem]:
+    for batch in batches:
+        yield from batch.items()
