@@ -243,7 +243,8 @@ def test_the_id_range_decides_the_cost_of_a_comparison_never_its_answer(db: psyc
             (key, bytes(32), None if key == "k06" else digest, 99 if key == "k05" else 1),
         )
     db.execute(  # another source's record in the middle of the range, with a matching digest
-        "INSERT INTO records (source, external_id, data, content_hash, raw_digest) VALUES ('other', 'k41', '{}', %s, %s)",
+        "INSERT INTO records (source, external_id, data, content_hash, raw_digest)"
+        " VALUES ('other', 'k41', '{}', %s, %s)",
         (bytes(32), bytes(16)),
     )
     keys = [f"k{i:02}" for i in range(45)]  # k40..k44 are not stored for this source
