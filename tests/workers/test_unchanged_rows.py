@@ -283,3 +283,26 @@ def test_a_rerun_of_reordered_rows_still_leaves_out_exactly_the_unchanged(
 
     assert (again["updated"], again["unchanged"], again["inserted"]) == (120, 11_880, 0)
     assert raw_chunks_of(db, again["id"]) == (120, 11_880)
+
+
+def test_a_slowly_filling_chunk_is_stored_once_enough_rows_were_read_past_it(
+    db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """A re-run that keeps a few rows stores them as they come (FLUSH_AFTER_CHUNKS_READ
+    chunks' worth of rows read), not all at the end of the run."""
+    path = tmp_path / "sparse.csv"
+    rows = csv_rows(12_000)
+    write_csv(path, rows)
+    config = source("sparse", "csv", str(path), chunk_size=10)
+    ingest(db, config)
+
+    for i in (100, 6000, 11_000):  # one changed row in each batch of 5,000 the fetch reads
+        rows[i][1] = "changed"
+    write_csv(path, rows)
+    again = ingest(db, config)
+
+    assert (again["updated"], again["unchanged"]) == (3, 11_997)
+    chunks = db.execute(
+        "SELECT item_count FROM raw_chunks WHERE run_id = %s ORDER BY chunk_no", (again["id"],)
+    ).fetchall()
+    assert [count for (count,) in chunks] == [1, 1, 1]

@@ -32,6 +32,10 @@ log = structlog.get_logger(__name__)
 
 EnqueueChunk = Callable[[int, int], None]
 HEARTBEAT_EVERY_S = 5.0
+# A chunk that fills slowly (a re-run storing only its changed rows) is stored once this
+# many rows were read past it, times chunk_size, even if not full: the workers then
+# normalise it while the fetch reads on, instead of all at the end of the run.
+FLUSH_AFTER_CHUNKS_READ = 20
 # Batches handed to the unchanged-row filter before the oldest one's result is taken: the
 # database always has the next batch queued while this process reads the one after.
 IN_FLIGHT = 2
@@ -146,6 +150,8 @@ def _store_and_fan_out(
         skipped += dropped
         for item in kept:
             add(item)
+        if buffer and skipped >= FLUSH_AFTER_CHUNKS_READ * source.chunk_size:
+            flush()  # decided by the rows alone, so a re-driven fetch cuts the same chunks
         if time.monotonic() - last_heartbeat > HEARTBEAT_EVERY_S:
             heartbeat()  # a long stretch of unchanged rows stores no chunk
 
