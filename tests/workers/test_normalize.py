@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from app.sources_config import SourceConfig
-from workers.pipeline.normalize import COERCION_FAILED, MISSING_ID, PARSE_ERROR, Normalizer
+from workers.pipeline.normalize import COERCION_FAILED, MISSING_ID, PARSE_ERROR, Normalizer, content_of
 from workers.sources.base import RawItem, TabularRow
 
 
@@ -138,3 +140,22 @@ def test_csv_rows_given_as_values_normalise_like_records_and_the_general_path() 
         (g.external_id, g.data, g.content_hash) for g in general
     ]
     assert as_values.records[1].data == {"PassengerId": 3, "Name": "Cy", "Age": None, "Survived": None}
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        {"b": 1, "a": [1, {"z": None, "y": 2.5}], "c": "x"},
+        {1: "non-string key", "k": True, "when": datetime(2024, 5, 1, 12, 30, tzinfo=UTC)},
+        {},
+    ],
+)
+def test_content_hash_is_the_hash_of_the_canonical_record_and_the_data_text_its_data(data: dict) -> None:
+    """content_of hashes the data's own encoding in place: the same bytes as encoding the
+    whole record at once (the form every stored content_hash was made from)."""
+    texts = {"title": "T", "content": None, "author": "A", "url": None}
+    published_at = datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
+    whole = orjson.dumps([texts, published_at, data], option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
+    digest, data_json = content_of(texts, published_at, data)
+    assert digest == hashlib.sha256(whole).digest()
+    assert orjson.loads(data_json) == orjson.loads(orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS))

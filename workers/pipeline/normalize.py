@@ -48,6 +48,7 @@ class NormalizedRecord:
     data: dict[str, Any]
     content_hash: bytes
     raw_digest: bytes | None = None  # of the raw row it was made from (raw_digest.py)
+    data_json: str | None = None  # `data` as JSON text (see content_of), written as it is
 
 
 @dataclass(slots=True)
@@ -153,7 +154,6 @@ class Normalizer:
             return None
         id_key, types = self._id_key, self._flat_types
         paths = [self.mapping[name] for name in ("title", "content", "author", "url", "published_at")]
-        sha256, dumps, options = hashlib.sha256, orjson.dumps, orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
 
         def normalize(record: Any, owned: bool) -> NormalizedRecord | None:
             """`owned`: the caller built `record` for this call, so it may become the data
@@ -195,8 +195,10 @@ class Normalizer:
             if url is not None and type(url) is not str:
                 url = _as_text(url)
             texts = {"title": title, "content": content, "author": author, "url": url}
-            digest = sha256(dumps([texts, published_at, data], option=options)).digest()
-            return NormalizedRecord(external_id, title, content, author, url, published_at, data, digest)
+            digest, data_json = content_of(texts, published_at, data)
+            return NormalizedRecord(
+                external_id, title, content, author, url, published_at, data, digest, data_json=data_json
+            )
 
         return normalize
 
@@ -220,10 +222,10 @@ class Normalizer:
         title, content = _as_text(unified["title"]), _as_text(unified["content"])
         author, url = _as_text(unified["author"]), _as_text(unified["url"])
         texts = {"title": title, "content": content, "author": author, "url": url}
-        digest = hashlib.sha256(
-            orjson.dumps([texts, published_at, data], option=orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS)
-        ).digest()
-        return NormalizedRecord(str(identity), title, content, author, url, published_at, data, digest)
+        digest, data_json = content_of(texts, published_at, data)
+        return NormalizedRecord(
+            str(identity), title, content, author, url, published_at, data, digest, data_json=data_json
+        )
 
     def _coerced(self, record: dict[str, Any]) -> dict[str, Any]:
         if not self.types:
@@ -254,6 +256,24 @@ class Normalizer:
             except CoercionError as exc:
                 raise _Rejected(COERCION_FAILED, str(exc), name) from None
         return data
+
+
+_CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+
+
+def content_of(texts: dict[str, str | None], published_at: datetime | None, data: dict[str, Any]) -> tuple[bytes, str]:
+    """A record's content hash and its data as JSON text, from one encoding of the data.
+
+    The hash is the SHA-256 of the canonical JSON (sorted keys) of [texts, published_at,
+    data]: orjson writes a list as its elements' encodings joined by commas, so the data's
+    own encoding is hashed in place and then stored as the jsonb text (jsonb keeps no key
+    order), instead of encoding the data twice. Kept as text: a retained orjson bytes
+    object holds a whole page of memory.
+    """
+    head = orjson.dumps([texts, published_at], option=_CANONICAL)  # b'[{...},null]'
+    data_json = orjson.dumps(data, option=_CANONICAL)
+    digest = hashlib.sha256(b"".join((head[:-1], b",", data_json, b"]"))).digest()
+    return digest, data_json.decode()
 
 
 def _is_flat(path: str) -> bool:

@@ -162,15 +162,17 @@ def _strip_nul(text: str | None) -> str | None:
 
 
 def _stage_row(rec: NormalizedRecord) -> tuple[Any, ...]:
-    data = orjson.dumps(rec.data, option=orjson.OPT_NON_STR_KEYS)
+    data = rec.data_json
+    if data is None:
+        data = orjson.dumps(rec.data, option=orjson.OPT_NON_STR_KEYS).decode()
     # Every text column is read from the record (the id, or a mapped field of the coerced
     # data), and a NUL anywhere in it is escaped as \u0000 in its JSON: one search of the
-    # JSON bytes clears the whole row. Only a row that holds one pays for scrubbing.
-    if b"\\u0000" in data:
+    # JSON text clears the whole row. Only a row that holds one pays for scrubbing.
+    if "\\u0000" in data:
         texts = (rec.external_id, rec.title, rec.content, rec.author, rec.url)
         return (*(_strip_nul(text) for text in texts), rec.published_at, _json_text(rec.data), rec.content_hash,
                 rec.raw_digest)
-    return (rec.external_id, rec.title, rec.content, rec.author, rec.url, rec.published_at, data.decode(),
+    return (rec.external_id, rec.title, rec.content, rec.author, rec.url, rec.published_at, data,
             rec.content_hash, rec.raw_digest)
 
 
