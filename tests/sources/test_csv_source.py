@@ -119,7 +119,8 @@ def test_missing_file_is_permanent(make_source, tmp_path) -> None:
         run(csv_at(make_source, tmp_path / "nope.csv"))
 
 
-def test_rows_stream_without_reading_ahead(make_source, tmp_path) -> None:
+def test_rows_stream_a_batch_at_a_time(make_source, tmp_path) -> None:
+    """The file is read ROWS_PER_BATCH rows at a time, never loaded whole."""
     path = tmp_path / "many.csv"
     with path.open("w") as out:
         out.write("id,v\n")
@@ -129,6 +130,9 @@ def test_rows_stream_without_reading_ahead(make_source, tmp_path) -> None:
     first: RawItem = next(extraction.items)
     assert first.record == {"id": "0", "v": "0"} and first.line == 2
     assert sum(1 for _ in extraction.items) == 49_999
+    batches = csv_source.extract(csv_at(make_source, path), FetchState()).batches
+    assert batches is not None
+    assert [len(batch) for batch in batches] == [csv_source.ROWS_PER_BATCH] * (50_000 // csv_source.ROWS_PER_BATCH)
 
 
 def rows_of(path: Path) -> csv_source.CsvRows:

@@ -71,8 +71,7 @@ class RowDigester:
         the id is anything but a usable string or integer (the normaliser then decides)."""
         values = item.values
         if values is not None:
-            if item.columns is not self._columns:
-                self._learn_columns(item.columns)
+            self._use_columns(item.columns)
             identity: Any = values[self._id_index] if self._id_index is not None else None
         else:
             record = item.record
@@ -90,8 +89,7 @@ class RowDigester:
         (never recognised, always normalised)."""
         values = item.values
         if values is not None:
-            if item.columns is not self._columns:
-                self._learn_columns(item.columns)
+            self._use_columns(item.columns)
             digest = self._with_columns.copy()
             digest.update(orjson.dumps(values))
             return digest.digest()
@@ -109,8 +107,7 @@ class RowDigester:
     def tabular(self, batch: RowBatch) -> tuple[list[str | None], list[bytes]]:
         """The keys and digests of a batch's good rows, one each, in order: what key() and
         digest() give for each row as a TabularRow, at a fraction of the cost per row."""
-        if batch.columns is not self._columns:
-            self._learn_columns(batch.columns)
+        self._use_columns(batch.columns)
         copy, dumps = self._with_columns.copy, orjson.dumps
 
         def digest_of(values: list[str]) -> bytes:
@@ -128,7 +125,10 @@ class RowDigester:
             keys = [_usable_key(key) for key in keys]  # type: ignore[arg-type]
         return keys, digests
 
-    def _learn_columns(self, columns: list[str] | None) -> None:
+    def _use_columns(self, columns: list[str] | None) -> None:
+        """Seed the state for rows of these columns: once per file, whose rows share one list."""
+        if columns is self._columns:
+            return
         assert columns is not None
         self._columns = columns
         self._with_columns = self._seeded.copy()
