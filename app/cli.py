@@ -13,10 +13,10 @@ from rich.console import Console
 from rich.live import Live
 from rich.table import Table
 
-from app.enqueue import enqueue_fetch
-from app.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run
+from app.core.enqueue import enqueue_fetch
+from app.core.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run
+from app.core.sources_config import SourceConfig, SourceConfigError, load_sources
 from app.settings import Settings, get_settings
-from app.sources_config import SourceConfig, SourceConfigError, load_sources
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Data ingestion service: operator commands.")
 console = Console()

@@ -14,21 +14,21 @@ from redis.asyncio import Redis
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
 
-from app.api import data, drift, health, metrics, rejects, runs, sources, stats, webhooks
+from app.api.console import page as console_page
+from app.api.errors import install_exception_handlers
+from app.api.gc_tuning import tune_after_startup
+from app.api.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from app.api.ratelimit import RateLimitMiddleware
 from app.api.responses import OrjsonResponse
-from app.console import page as console_page
+from app.api.routes import data, drift, health, metrics, rejects, runs, sources, stats, webhooks
+from app.core.logs import configure_logging
+from app.core.sources_config import load_sources
 from app.db.session import create_engine, create_read_engine, create_sessionmaker
-from app.errors import install_exception_handlers
-from app.gc_tuning import tune_after_startup
-from app.logs import configure_logging
-from app.middleware import BodyLimitMiddleware, RequestContextMiddleware
-from app.queue_depth import is_redis_url
-from app.ratelimit import RateLimitMiddleware
+from app.observability.queue_depth import is_redis_url
 from app.settings import Settings, get_settings
-from app.sources_config import load_sources
 
 REDIS_TIMEOUT_S = 2.0
-CONSOLE_STATIC = Path(__file__).parent / "console" / "static"
+CONSOLE_STATIC = Path(__file__).parent / "api" / "console" / "static"
 
 DESCRIPTION = """
 Read the unified records ingested from every configured source, start runs, and watch
@@ -107,7 +107,7 @@ def _module_app() -> FastAPI:
     settings = get_settings()
     configure_logging(settings)
     app = create_app(settings)
-    app.state.tune_gc = True  # the served process only (see app/gc_tuning.py)
+    app.state.tune_gc = True  # the served process only (see app/api/gc_tuning.py)
     return app
 
 

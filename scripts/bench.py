@@ -123,9 +123,9 @@ import redis  # noqa: E402
 from bench import data, json_api, load, report, stack  # noqa: E402
 
 from app.api.cursor import encode_cursor, filters_fingerprint  # noqa: E402
+from app.core.sources_config import load_sources  # noqa: E402
 from app.db.migrate import migrate  # noqa: E402
 from app.settings import get_settings  # noqa: E402
-from app.sources_config import load_sources  # noqa: E402
 
 SETTINGS = get_settings()
 DB_URL = SETTINGS.libpq_url
@@ -459,7 +459,7 @@ def prepare_inputs() -> dict[str, Any]:
 def json_api_rows(out: Path, source: Any) -> int:
     """The JSON API's records, normalised by the pipeline's Normalizer, as a COPY file."""
     # Imported here: importing `workers` reads SOURCES_FILE, which is written first.
-    from workers.pipeline.normalize import Normalizer
+    from workers.pipeline.normalize.normalizer import Normalizer
     from workers.sources.base import RawItem
 
     normalizer = Normalizer(source)

@@ -96,7 +96,7 @@ class WorkerProcess:
         return self
 
     def _wait_ready(self, timeout_s: float = 60) -> None:
-        from app.enqueue import producer
+        from app.core.enqueue import producer
 
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -6,8 +6,8 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 
+from app.core.sources_config import SourceConfig
 from app.settings import Settings
-from app.sources_config import SourceConfig
 
 
 def reconcile_interval_s(settings: Settings) -> float:

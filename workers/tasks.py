@@ -7,14 +7,15 @@ import structlog
 from celery import Task
 from kombu.exceptions import OperationalError as BrokerError
 
-from app.enqueue import enqueue_fetch
-from app.runs import ActiveRunExists, SourcePaused, create_run
+from app.core.enqueue import enqueue_fetch
+from app.core.runs import ActiveRunExists, SourcePaused, create_run
+from app.core.sources_config import load_sources
 from app.settings import get_settings
-from app.sources_config import load_sources
-from workers import app, db
-from workers.pipeline import chunk as chunk_stage
-from workers.pipeline.fetch import fetch_run
+from workers import db
+from workers.celery import app
+from workers.pipeline.fetch.stage import fetch_run
 from workers.pipeline.finalize import fail_run
+from workers.pipeline.normalize import stage as chunk_stage
 from workers.pipeline.push import close_push_run as close_push_window
 from workers.pipeline.reconcile import reconcile as reconcile_pass
 

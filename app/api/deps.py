@@ -19,10 +19,10 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from app.auth import match_api_key
-from app.errors import ApiError
+from app.api.auth import match_api_key
+from app.api.errors import ApiError
+from app.core.sources_config import SourceConfig
 from app.settings import Settings
-from app.sources_config import SourceConfig
 
 log = structlog.get_logger("app.api.deps")
 

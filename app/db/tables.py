@@ -85,7 +85,7 @@ raw_chunks = Table(
     Column("last_error", Text),
     Column("enqueued_at", DateTime(timezone=True), nullable=False),
     Column("skipped", Integer, nullable=False),  # rows recognised unchanged before this chunk
-    Column("columns", JSONB),  # the header of a chunk of tabular rows stored as values (app/raw_format.py)
+    Column("columns", JSONB),  # the header of a chunk of tabular rows stored as values (app/core/raw_format.py)
 )
 
 chunk_ledger = Table(
@@ -125,7 +125,7 @@ records = Table(
     Column("last_run_id", BigInteger),
     Column("search", TSVECTOR),
     # Digest of the raw record (and of the code and config that normalised it): a re-run
-    # leaves rows whose digest matches out at the fetch stage (workers/pipeline/unchanged.py).
+    # leaves rows whose digest matches out at the fetch stage (workers/pipeline/fetch/unchanged.py).
     Column("raw_digest", LargeBinary),
 )
 

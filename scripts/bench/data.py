@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import orjson
 from generate_samples import TITANIC_COLUMNS, titanic_row  # scripts/ is on sys.path
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 
 CHANGE_EVERY = 100  # every 100th row differs in the changed file: exactly 1 %
 REFERENCE_COLUMNS = "source, external_id, title, content, author, url, published_at, data, content_hash, last_run_id"
@@ -77,7 +77,7 @@ def reference_rows(csv_path: Path, out: Path, source: SourceConfig) -> int:
     the pipeline's work: parsing, normalising, hashing, staging and the conflict check.
     """
     # Imported here: importing `workers` reads SOURCES_FILE, which bench.py writes first.
-    from workers.pipeline.normalize import Normalizer
+    from workers.pipeline.normalize.normalizer import Normalizer
     from workers.sources.csv_source import CsvRows
 
     normalizer = Normalizer(source)

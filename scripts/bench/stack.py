@@ -147,7 +147,7 @@ def start_worker(env: dict[str, str], logs: Path, concurrency: int | None, name:
     if concurrency:
         cmd += ["-c", str(concurrency)]
     proc = Process("worker", cmd, env, logs)
-    from app.enqueue import producer  # env is set by bench.py before any app import
+    from app.core.enqueue import producer  # env is set by bench.py before any app import
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

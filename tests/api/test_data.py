@@ -8,7 +8,7 @@ import httpx
 import psycopg
 import pytest
 
-from app.api import data as data_module
+from app.api.routes import data as data_module
 from tests.api.conftest import assert_error, insert_records
 
 RECORD_KEYS = {

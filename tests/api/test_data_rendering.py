@@ -1,4 +1,4 @@
-"""GET /data renders its records in PostgreSQL (row_to_json, app/api/data.py): the page
+"""GET /data renders its records in PostgreSQL (row_to_json, app/api/routes/data.py): the page
 must read exactly as when the API rendered the rows itself with orjson: the same keys in
 the same order, the same strings, timestamps in UTC as `+00:00`, and the same `data`."""
 

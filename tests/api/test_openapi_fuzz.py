@@ -46,9 +46,9 @@ from schemathesis.specs.openapi.checks import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.webhooks.signature import sign
 from app.main import create_app
 from app.settings import Settings
-from app.webhooks.signature import sign
 from tests.api.conftest import AUTH, PLAIN_KEY, insert_records, insert_run
 
 WEBHOOK_SECRET = "whsec_" + base64.b64encode(b"fuzz-orders-signing-key").decode()

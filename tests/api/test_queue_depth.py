@@ -1,4 +1,4 @@
-"""Queue depth from a Redis broker (app/queue_depth.py): one Lua script sums kombu's lists
+"""Queue depth from a Redis broker (app/observability/queue_depth.py): one Lua script sums kombu's lists
 per queue, the plain list and its nine priority lists."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import os
 import pytest
 from redis.asyncio import Redis
 
-from app.queue_depth import PRIORITY_SEP, redis_list_names, redis_queue_depths
+from app.observability.queue_depth import PRIORITY_SEP, redis_list_names, redis_queue_depths
 
 QUEUES = ("fetch", "normalize", "maintenance")
 

@@ -12,7 +12,7 @@ import uuid
 import pytest
 from redis.asyncio import Redis
 
-from app.ratelimit import RateLimiter, lease_block
+from app.api.ratelimit import RateLimiter, lease_block
 
 
 @pytest.fixture
@@ -89,7 +89,7 @@ async def test_a_new_window_grants_again(redis_client, prefix):
 
 
 async def test_leases_of_ended_windows_are_dropped(redis_client, prefix, monkeypatch):
-    monkeypatch.setattr("app.ratelimit.MAX_HELD_LEASES", 5)
+    monkeypatch.setattr("app.api.ratelimit.MAX_HELD_LEASES", 5)
     limiter = RateLimiter(redis_client, limit=10, period_s=1, prefix=prefix)
     for n in range(5):
         await limiter.hit(f"ip:old-{n}")

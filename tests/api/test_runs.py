@@ -8,7 +8,7 @@ import os
 import pytest
 import redis
 
-from app.api import runs as runs_module
+from app.api.routes import runs as runs_module
 from tests.api.conftest import AUTH, HASHED_KEY, PLAIN_KEY, assert_error, insert_run
 
 RUN_KEYS = {"id", "source", "trigger", "status", "created_at", "started_at", "finished_at", "counts", "error"}

@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from app.api.schemas import Stats
-from app.enqueue import FETCH_TASK, producer
+from app.core.enqueue import FETCH_TASK, producer
 from tests.api.conftest import assert_error, insert_records, insert_run
 
 

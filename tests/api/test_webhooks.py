@@ -12,7 +12,7 @@ import orjson
 import psycopg
 import pytest
 
-from app.webhooks.signature import SignatureError, sign, verify
+from app.api.webhooks.signature import SignatureError, sign, verify
 from tests.api.conftest import assert_error
 from tests.support.pipeline import records, wait_for_run
 

@@ -16,9 +16,9 @@ import psycopg
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from app.enqueue import producer
-from app.ingest_metrics import CHUNK_BUCKETS, RUN_BUCKETS
-from app.queue_depth import redis_list_names
+from app.core.enqueue import producer
+from app.observability.ingest_metrics import CHUNK_BUCKETS, RUN_BUCKETS
+from app.observability.queue_depth import redis_list_names
 from tests.api.conftest import ClientFactory, insert_run
 from tests.support.pipeline import ingest, source
 

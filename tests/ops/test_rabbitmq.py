@@ -25,7 +25,7 @@ import psycopg
 import pytest
 from celery import Celery
 
-from app.queue_depth import amqp_queue_depths
+from app.observability.queue_depth import amqp_queue_depths
 from celeryconfig import QUEUES
 from tests.conftest import ROOT, WorkerProcess
 from tests.support.pipeline import records

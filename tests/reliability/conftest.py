@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from app.enqueue import producer
+from app.core.enqueue import producer
 from tests.support.faults import TASK_TIMEOUT_S, ProcessSet
 from tests.support.http_server import LocalHTTPServer
 

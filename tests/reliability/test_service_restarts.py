@@ -24,8 +24,8 @@ import pytest
 import redis
 from psycopg.rows import dict_row
 
+from app.core.runs import create_run
 from app.db.migrate import migrate
-from app.runs import create_run
 from app.settings import Settings
 from tests.support.faults import (
     RECOVERY_BOUND_S,

@@ -393,7 +393,7 @@ class PostgresCluster:
 
 
 def producer_for(broker: str) -> Celery:
-    """A producer app on an explicit broker (app.enqueue.producer() is cached with the env's)."""
+    """A producer app on an explicit broker (app.core.enqueue.producer() is cached with the env's)."""
     app = Celery("fault-producer")
     app.config_from_object("celeryconfig")
     app.conf.update(broker_url=broker, result_backend=broker)

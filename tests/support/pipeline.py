@@ -8,9 +8,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from app.enqueue import enqueue_fetch
-from app.runs import create_run
-from app.sources_config import SourceConfig
+from app.core.enqueue import enqueue_fetch
+from app.core.runs import create_run
+from app.core.sources_config import SourceConfig
 
 FINISHED = ("succeeded", "partial", "failed")
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app.runs import ActiveRunExists, create_run
+from app.core.runs import ActiveRunExists, create_run
 from tests.support.http_server import LocalHTTPServer, Request, Response
 from tests.support.pipeline import checkpoint, ingest, records, rejects, source, start_run, wait_for_run
 

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from celery.schedules import crontab, schedule
 
+from app.core.sources_config import load_sources
 from app.settings import Settings
-from app.sources_config import load_sources
 from workers.schedule import build_beat_schedule
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -14,8 +14,8 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
-from workers.pipeline.drift import merge_observed, pause_source, record_drift
 from workers.pipeline.incremental import greatest
+from workers.pipeline.normalize.drift import merge_observed, pause_source, record_drift
 
 _LEDGER_TOTALS = """
 SELECT count(*) AS chunks,

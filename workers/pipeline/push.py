@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import psycopg
 
-from app.raw_format import decode_rows, encode_rows
+from app.core.raw_format import decode_rows, encode_rows
 from workers.pipeline.finalize import finalize_run
 
 

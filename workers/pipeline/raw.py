@@ -10,10 +10,10 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-from app.raw_format import decode_rows, encode_rows
+from app.core.raw_format import decode_rows, encode_rows
 from workers.sources.base import RawItem, TabularRow
 
-# The stored form ([line, record, error, raw_text] rows) is defined in app/raw_format.py,
+# The stored form ([line, record, error, raw_text] rows) is defined in app/core/raw_format.py,
 # because webhook intake in the API writes raw chunks too.
 
 # Payloads are a few hundred KB of JSON per chunk, written once and read once. TOAST's

@@ -21,8 +21,8 @@ from typing import Any
 import orjson
 import psycopg
 
-from workers.pipeline.normalize import NormalizedChunk, NormalizedRecord
-from workers.pipeline.raw_digest import DIGEST_BYTES
+from workers.pipeline.fetch.raw_digest import DIGEST_BYTES
+from workers.pipeline.normalize.normalizer import NormalizedChunk, NormalizedRecord
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_records (

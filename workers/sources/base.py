@@ -34,7 +34,7 @@ class RawItem:
     `record` is the parsed record (a dict) or None when `error` says why it could not be
     parsed; `line` is the 1-based line (CSV) or position (JSON/RSS) for rejections;
     `raw_text` keeps the unparsable text so a rejection still has its raw payload;
-    `digest` is set by the fetch stage (workers/pipeline/raw_digest.py) and stored with
+    `digest` is set by the fetch stage (workers/pipeline/fetch/raw_digest.py) and stored with
     the record, so that a re-run recognises the row unchanged. `values` and `columns`
     are set on a TabularRow only.
     """
@@ -82,7 +82,7 @@ class TabularRow(RawItem):
 
     The record dict is built on first use of `record`. A re-run that leaves most rows out
     unchanged never builds theirs (the digest is taken from the values), and the fetch
-    stage stores the values, not the dict (app/raw_format.py): building and encoding a
+    stage stores the values, not the dict (app/core/raw_format.py): building and encoding a
     dict per row was a quarter of a re-run's fetch stage. The short positional
     constructor matters too, at a million rows.
     """
@@ -172,7 +172,7 @@ class Extraction:
     A tabular connector may also offer `batches`: the same rows, in the same order, a
     RowBatch at a time, read from the same stream (consume one or the other, never
     both). A re-run that leaves most rows out unchanged then never makes an object per
-    row (workers/pipeline/unchanged.py).
+    row (workers/pipeline/fetch/unchanged.py).
     """
 
     items: Iterator[RawItem]

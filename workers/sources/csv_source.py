@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 from workers.sources.base import Extraction, FetchState, PermanentError, RawItem, RowBatch
 from workers.sources.document import source_is_local
 from workers.sources.files import ContentDigest, digest_file, local_path

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 from workers.sources.base import FetchState
 from workers.sources.files import is_local, local_path, read_file
 from workers.sources.http import FetchedResponse, HttpFetcher, describe_url

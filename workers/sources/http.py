@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 import httpx
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 from workers.sources.base import PermanentError, TransientError
 from workers.sources.files import ContentDigest
 from workers.sources.retry import RetryPolicy, parse_retry_after

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Any
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 from workers.sources.base import Extraction, FetchState, PermanentError, RawItem, dotted_get
 from workers.sources.document import Document, open_local, open_remote, source_is_local
 from workers.sources.http import FetchedResponse, HttpFetcher, describe_url

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urljoin
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 from workers.sources.base import PermanentError, dotted_get
 from workers.sources.http import FetchedResponse
 

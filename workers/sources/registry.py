@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 from workers.sources import csv_source, http_json, rss
 from workers.sources.base import Extraction, FetchState, PermanentError
 from workers.sources.http import HttpFetcher

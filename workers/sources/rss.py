@@ -17,7 +17,7 @@ from xml.etree.ElementTree import Element, ParseError, tostring
 from defusedxml import DefusedXmlException, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import fromstring
 
-from app.sources_config import SourceConfig
+from app.core.sources_config import SourceConfig
 from workers.sources.base import Extraction, FetchState, PermanentError, RawItem
 from workers.sources.document import open_document
 from workers.sources.http import HttpFetcher

@@ -1,0 +1,1 @@
+"""What the workers and the CLI share with the API: runs, sources, raw format, enqueueing, logs."""

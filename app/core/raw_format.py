@@ -1,0 +1,32 @@
+"""The stored form of raw items, shared by the fetch stage (workers) and webhook intake (API).
+
+A raw chunk's payload is the orjson encoding of a list of `[line, record, error, raw_text]`:
+`record` is the parsed upstream object (or None when `error` says why it could not be
+parsed, with the unparsable text in `raw_text`); `line` is its line or position upstream.
+The fetch stage appends a fifth element, the row's raw digest in hex, when it has one
+(workers/pipeline/fetch/raw_digest.py); rows written here have none.
+
+Rows of a tabular source (CSV) are stored as `[line, values, None, None, digest]`, with
+`values` a list in the order of the chunk's columns, which are stored once, in
+raw_chunks.columns: a chunk whose `columns` is NULL holds whole records only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+RawRow = list[Any]
+
+
+def raw_row(record: Any, line: int | None, error: str | None = None, raw_text: str | None = None) -> RawRow:
+    return [line, record, error, raw_text]
+
+
+def encode_rows(rows: list[RawRow]) -> bytes:
+    return orjson.dumps(rows, option=orjson.OPT_NON_STR_KEYS)
+
+
+def decode_rows(payload: bytes) -> list[RawRow]:
+    return orjson.loads(payload)

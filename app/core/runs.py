@@ -1,0 +1,158 @@
+"""Creating runs: the one rule every trigger (beat, API, CLI, webhook) goes through.
+
+The partial unique index `runs_one_active_per_source` lets at most one queued/running
+run exist per source; a second attempt gets ActiveRunExists naming the run it met.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import orjson
+import psycopg
+from psycopg.rows import dict_row
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.core.sources_config import SourceConfig
+
+INSERT_RUN_SQL = """
+INSERT INTO runs (source, trigger, config, idempotency_key)
+SELECT %(source)s, %(trigger)s, %(config)s::jsonb, %(idempotency_key)s
+WHERE NOT EXISTS (SELECT 1 FROM sources WHERE name = %(source)s AND paused_reason IS NOT NULL)
+RETURNING *
+"""
+
+PAUSED_REASON_SQL = "SELECT paused_reason FROM sources WHERE name = %(source)s"
+
+ACTIVE_RUN_SQL = "SELECT * FROM runs WHERE source = %(source)s AND status IN ('queued', 'running')"
+
+RUN_COLUMNS = (
+    "id, source, trigger, status, created_at, started_at, finished_at, "
+    "fetched, inserted, updated, unchanged, rejected, error"
+)
+
+
+class SourcePaused(Exception):
+    """The source was paused (on_drift = "pause") and waits for `python -m app.cli resume`."""
+
+    def __init__(self, source: str, reason: str | None):
+        super().__init__(f"source '{source}' is paused: {reason}; resume it with `python -m app.cli resume {source}`")
+        self.source = source
+        self.reason = reason
+
+
+class ActiveRunExists(Exception):
+    """The source already has a queued or running run."""
+
+    def __init__(self, run: dict[str, Any]):
+        super().__init__(f"source '{run['source']}' already has an active run {run['id']} ({run['status']})")
+        self.run = run
+
+
+def run_params(source: SourceConfig, trigger: str, idempotency_key: str | None = None) -> dict[str, Any]:
+    return {
+        "source": source.name,
+        "trigger": trigger,
+        "config": orjson.dumps(source.snapshot()).decode(),
+        "idempotency_key": idempotency_key,
+    }
+
+
+def create_run(
+    conn: psycopg.Connection, source: SourceConfig, trigger: str, idempotency_key: str | None = None
+) -> dict[str, Any]:
+    """Insert a queued run and commit; raise ActiveRunExists if the source is busy."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        try:
+            cur.execute(INSERT_RUN_SQL, run_params(source, trigger, idempotency_key))
+            run = cur.fetchone()
+            if run is None:
+                cur.execute(PAUSED_REASON_SQL, {"source": source.name})
+                paused = cur.fetchone()
+                conn.rollback()
+                raise SourcePaused(source.name, paused["paused_reason"] if paused else None)
+            conn.commit()
+        except psycopg.errors.UniqueViolation:
+            conn.rollback()
+            cur.execute(ACTIVE_RUN_SQL, {"source": source.name})
+            active = cur.fetchone()
+            conn.rollback()
+            if active is None:  # finished between our insert and our look: rare, retry once
+                return create_run(conn, source, trigger, idempotency_key)
+            raise ActiveRunExists(active) from None
+    assert run is not None
+    return run
+
+
+def run_to_api(run: dict[str, Any]) -> dict[str, Any]:
+    """The contract's run shape (CONTRACT section 4)."""
+
+    def iso(value: Any) -> str | None:
+        return value.isoformat() if value is not None else None
+
+    return {
+        "id": run["id"],
+        "source": run["source"],
+        "trigger": run["trigger"],
+        "status": run["status"],
+        "created_at": iso(run["created_at"]),
+        "started_at": iso(run["started_at"]),
+        "finished_at": iso(run["finished_at"]),
+        "counts": {key: run[key] for key in ("fetched", "inserted", "updated", "unchanged", "rejected")},
+        "error": run["error"],
+    }
+
+
+# --- async variant for the API (SQLAlchemy + asyncpg) -----------------------------------
+
+
+def _named_params(sql: str) -> str:
+    """The psycopg SQL above in SQLAlchemy's `:name` style (CAST, since `:x::jsonb` misparses)."""
+    sql = re.sub(r"%\((\w+)\)s::(\w+)", r"CAST(:\1 AS \2)", sql)
+    return re.sub(r"%\((\w+)\)s", r":\1", sql)
+
+
+INSERT_RUN_SQL_NAMED = _named_params(INSERT_RUN_SQL)
+ACTIVE_RUN_SQL_NAMED = _named_params(ACTIVE_RUN_SQL)
+PAUSED_REASON_SQL_NAMED = _named_params(PAUSED_REASON_SQL)
+ACTIVE_RUN_CONSTRAINT = "runs_one_active_per_source"
+
+
+def _is_active_run_violation(exc: IntegrityError) -> bool:
+    cause = exc.orig.__cause__ if exc.orig is not None else None
+    return getattr(exc.orig, "sqlstate", None) == "23505" and (
+        getattr(cause, "constraint_name", ACTIVE_RUN_CONSTRAINT) == ACTIVE_RUN_CONSTRAINT
+    )
+
+
+async def create_run_async(
+    session: AsyncSession,
+    *,
+    source: SourceConfig,
+    trigger: str,
+    idempotency_key: str | None = None,
+    _retry: bool = True,
+) -> dict[str, Any]:
+    """Insert a queued run in the caller's transaction (savepoint); ActiveRunExists if busy."""
+    try:
+        async with session.begin_nested():
+            result = await session.execute(text(INSERT_RUN_SQL_NAMED), run_params(source, trigger, idempotency_key))
+            created = result.mappings().first()
+            if created is not None:
+                return dict(created)
+        reason = (await session.execute(text(PAUSED_REASON_SQL_NAMED), {"source": source.name})).scalar()
+        raise SourcePaused(source.name, reason)
+    except IntegrityError as exc:
+        if not _is_active_run_violation(exc):
+            raise
+    active = (await session.execute(text(ACTIVE_RUN_SQL_NAMED), {"source": source.name})).mappings().first()
+    if active is None and _retry:  # it finished between our insert and our look: retry once
+        return await create_run_async(
+            session, source=source, trigger=trigger, idempotency_key=idempotency_key, _retry=False
+        )
+    if active is None:
+        raise ActiveRunExists({"id": "?", "source": source.name, "status": "active"})
+    raise ActiveRunExists(dict(active))

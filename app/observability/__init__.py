@@ -1,0 +1,1 @@
+"""Observability read by the API: ingest metrics and broker queue depths."""

@@ -1,0 +1,1 @@
+"""Fetch: stream a source, leave out rows known unchanged, store raw chunks, fan them out."""
