@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, TypeVar
 
 import psycopg
 import typer
@@ -12,18 +14,23 @@ from psycopg.rows import dict_row
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.enqueue import enqueue_fetch
-from app.core.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run
+from app.core.run_status import FINISHED, RunStatus
+from app.core.runs import COUNT_KEYS, RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run, run_to_api
+from app.core.selection import SourceSelectionError, select_sources
 from app.core.sources_config import SourceConfig, SourceConfigError, load_sources
+from app.db import queries
+from app.db.session import create_read_engine
 from app.settings import Settings, get_settings
 
 cli = typer.Typer(add_completion=False, no_args_is_help=True, help="Data ingestion service: operator commands.")
 console = Console()
 err = Console(stderr=True)
 
-FINISHED = ("succeeded", "partial", "failed")
-COUNT_KEYS = ("fetched", "inserted", "updated", "unchanged", "rejected")
+T = TypeVar("T")
 
 
 def _settings() -> Settings:
@@ -42,15 +49,36 @@ def _sources(settings: Settings) -> dict[str, SourceConfig]:
         raise typer.Exit(2) from None
 
 
+def _unreachable(settings: Settings, exc: Exception) -> typer.Exit:
+    err.print(
+        f"[red]cannot reach PostgreSQL at {settings.database_url.split('@')[-1]}:[/red] {exc}\n"
+        "Start it (e.g. `docker compose up -d db`) or set DATABASE_URL; then run `python -m app.cli migrate`."
+    )
+    return typer.Exit(2)
+
+
 def _connect(settings: Settings) -> psycopg.Connection:
     try:
         return psycopg.connect(settings.libpq_url, connect_timeout=5)
     except psycopg.OperationalError as exc:
-        err.print(
-            f"[red]cannot reach PostgreSQL at {settings.database_url.split('@')[-1]}:[/red] {exc}\n"
-            "Start it (e.g. `docker compose up -d db`) or set DATABASE_URL; then run `python -m app.cli migrate`."
-        )
-        raise typer.Exit(2) from None
+        raise _unreachable(settings, exc) from None
+
+
+def _read(settings: Settings, query: Callable[[AsyncConnection], Awaitable[T]]) -> T:
+    """Run one of the API's read queries (app.db.queries) on a short-lived connection."""
+
+    async def on_a_connection() -> T:
+        engine = create_read_engine(settings, pool_size=1)
+        try:
+            async with engine.connect() as db:
+                return await query(db)
+        finally:
+            await engine.dispose()
+
+    try:
+        return asyncio.run(on_a_connection())
+    except (DBAPIError, OSError) as exc:
+        raise _unreachable(settings, exc) from None
 
 
 @cli.command()
@@ -76,20 +104,16 @@ def run(
     """Start runs now. With --wait, exit 0 when every run ended succeeded/partial, 1 if any failed."""
     settings = _settings()
     configured = _sources(settings)
-    names = sources or [s.name for s in configured.values() if s.enabled and s.is_pulled]
-    unknown = [name for name in names if name not in configured]
-    if unknown:
-        err.print(f"[red]unknown source(s):[/red] {', '.join(unknown)}; configured: {', '.join(configured)}")
-        raise typer.Exit(2)
-    pushed = [name for name in names if not configured[name].is_pulled]
-    if pushed:
-        err.print(f"[red]push source(s) cannot be run:[/red] {', '.join(pushed)} (they receive webhooks)")
-        raise typer.Exit(2)
+    try:
+        selected = select_sources(configured, sources or None)
+    except SourceSelectionError as exc:
+        err.print(f"[red]{exc}[/red]; configured: {', '.join(configured)}")
+        raise typer.Exit(2) from None
     run_ids: list[int] = []
     with _connect(settings) as conn:
-        for name in names:
+        for source in selected:
             try:
-                created = create_run(conn, configured[name], "cli")
+                created = create_run(conn, source, "cli")
             except ActiveRunExists as exc:
                 err.print(f"[yellow]{exc}[/yellow]")
                 run_ids.append(int(exc.run["id"]))
@@ -99,22 +123,23 @@ def run(
                 raise typer.Exit(1) from None
             enqueue_fetch(created["id"])
             run_ids.append(int(created["id"]))
-            console.print(f"run {created['id']} queued for [bold]{name}[/bold]")
+            console.print(f"run {created['id']} queued for [bold]{source.name}[/bold]")
         if wait and run_ids:
             final = _follow(conn, run_ids, timeout)
-            failed = [r for r in final if r["status"] == "failed"]
+            failed = [r for r in final if r["status"] == RunStatus.FAILED]
             if failed or len(final) < len(run_ids):
                 raise typer.Exit(1)
 
 
-def _runs_table(rows: list[dict[str, Any]], title: str = "runs") -> Table:
+def _runs_table(runs: list[dict[str, Any]], title: str = "runs") -> Table:
+    """Runs in the API's shape (run_to_api) as a table."""
     table = Table(title=title)
     for column in ("id", "source", "trigger", "status", *COUNT_KEYS, "created", "error"):
         table.add_column(column, overflow="fold")
-    for r in rows:
+    for r in runs:
         table.add_row(
-            str(r["id"]), r["source"], r["trigger"], r["status"], *(str(r[k]) for k in COUNT_KEYS),
-            r["created_at"].strftime("%Y-%m-%d %H:%M:%S"), (r["error"] or "")[:120],
+            str(r["id"]), r["source"], r["trigger"], r["status"], *(str(r["counts"][k]) for k in COUNT_KEYS),
+            r["created_at"][:19].replace("T", " "), (r["error"] or "")[:120],
         )
     return table
 
@@ -149,7 +174,7 @@ def _follow(conn: psycopg.Connection, run_ids: list[int], timeout: float) -> lis
                 break
             time.sleep(0.5)
     finished = [r for r in rows if r["status"] in FINISHED]
-    console.print(_runs_table(rows, "result"))
+    console.print(_runs_table([run_to_api(r) for r in rows], "result"))
     if len(finished) < len(run_ids):
         err.print(f"[red]timed out after {timeout:.0f}s with runs still active[/red]")
     return finished
@@ -162,32 +187,26 @@ def runs(
 ) -> None:
     """List recent runs, newest first."""
     settings = _settings()
-    with _connect(settings) as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(
-            f"SELECT {RUN_COLUMNS} FROM runs WHERE (%(source)s::text IS NULL OR source = %(source)s)"
-            " ORDER BY id DESC LIMIT %(limit)s",
-            {"source": source, "limit": limit},
-        )
-        console.print(_runs_table(cur.fetchall()))
+    listed = _read(settings, lambda db: queries.list_runs(db, source=source, status=None, limit=limit))
+    console.print(_runs_table(listed))
 
 
 @cli.command()
 def stats() -> None:
-    """Records per source, runs by status, rejected and drift counts."""
+    """Records per source, runs by status, rejected and drift counts (as GET /stats reads them)."""
     settings = _settings()
-    with _connect(settings) as conn:
-        per_source = conn.execute("SELECT source, records, rejected FROM source_stats ORDER BY source").fetchall()
-        by_status = conn.execute("SELECT status, count(*) FROM runs GROUP BY status ORDER BY status").fetchall()
-        drift = conn.execute("SELECT count(*) FROM drift_events").fetchone()
+    records, runs_, rejected, drift = _read(settings, lambda db: queries.stats_snapshot(db, configured=[]))
     table = Table(title="records")
-    for column in ("source", "records", "rejected"):
+    for column in ("source", "records"):
         table.add_column(column)
-    for name, count, rejected in per_source:
-        table.add_row(name, str(count), str(rejected))
-    table.add_row("[bold]total[/bold]", str(sum(r[1] for r in per_source)), str(sum(r[2] for r in per_source)))
+    for name, count in records["by_source"].items():
+        table.add_row(name, str(count))
+    table.add_row("[bold]total[/bold]", str(records["total"]))
     console.print(table)
-    console.print("runs by status: " + (", ".join(f"{s}={n}" for s, n in by_status) or "none"))
-    console.print(f"drift events: {drift[0] if drift else 0}")
+    by_status = {status: n for status, n in runs_["by_status"].items() if n}
+    console.print("runs by status: " + (", ".join(f"{s}={n}" for s, n in by_status.items()) or "none"))
+    console.print(f"rejected records: {rejected}")
+    console.print(f"drift events: {drift}")
 
 
 @cli.command("sources")
@@ -195,14 +214,13 @@ def list_sources() -> None:
     """Configured sources with their checkpoint and last run."""
     settings = _settings()
     configured = _sources(settings)
-    with _connect(settings) as conn:
-        checkpoints: dict[str, Any] = dict(conn.execute("SELECT source, value FROM checkpoints").fetchall())
-        last = {
-            row[0]: row[1:]
-            for row in conn.execute(
-                "SELECT DISTINCT ON (source) source, id, status, finished_at FROM runs ORDER BY source, id DESC"
-            ).fetchall()
-        }
+    names = list(configured)
+
+    async def state(db: AsyncConnection) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        checkpoints, _ = await queries.source_state(db, names=names)
+        return checkpoints, await queries.last_runs(db, sources=names)
+
+    checkpoints, last = _read(settings, state)
     table = Table(title=f"sources ({settings.sources_file})")
     for column in ("name", "kind", "schedule", "enabled", "checkpoint", "last run"):
         table.add_column(column)
@@ -211,7 +229,7 @@ def list_sources() -> None:
         table.add_row(
             s.name, s.kind, s.schedule if s.is_pulled else "push", "yes" if s.enabled else "no",
             "" if checkpoints.get(s.name) is None else str(checkpoints[s.name]),
-            f"{run_info[0]} {run_info[1]}" if run_info else "never",
+            f"{run_info['id']} {run_info['status']}" if run_info else "never",
         )
     console.print(table)
 

@@ -50,7 +50,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     app.state.sources = await anyio.to_thread.run_sync(load_sources, settings.sources_file)
     engine, read_engine = create_engine(settings), create_read_engine(settings)
     redis = _redis(settings.redis_url)
-    broker_url = settings.celery_broker_url or settings.redis_url
+    broker_url = settings.celery_broker_url
     if broker_url == settings.redis_url:
         broker_redis: Redis | None = redis
     else:

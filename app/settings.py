@@ -25,7 +25,7 @@ class Settings(BaseSettings):
         description="Plain libpq URL; driver URLs (asyncpg, psycopg) are derived from it.",
     )
     redis_url: str = Field("redis://127.0.0.1:6379/0", description="Broker, result backend, rate limits.")
-    celery_broker_url: str | None = Field(None, description="Optional broker override (e.g. amqp://).")
+    celery_broker_url: str = Field("", description="Broker override (e.g. amqp://); empty = REDIS_URL.")
     sources_file: str = Field("sources.toml", description="Path of the source configuration.")
     api_keys: str = Field("", description="Comma-separated API keys; `sha256:<hex>` entries are hashes.")
     task_timeout_s: int = Field(300, ge=10, le=86_400, description="Longest a task may run.")

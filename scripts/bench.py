@@ -123,6 +123,7 @@ import redis  # noqa: E402
 from bench import data, json_api, load, report, stack  # noqa: E402
 
 from app.api.cursor import encode_cursor, filters_fingerprint  # noqa: E402
+from app.core.run_status import FINISHED, RunStatus  # noqa: E402
 from app.core.sources_config import load_sources  # noqa: E402
 from app.db.migrate import migrate  # noqa: E402
 from app.settings import get_settings  # noqa: E402
@@ -131,7 +132,6 @@ SETTINGS = get_settings()
 DB_URL = SETTINGS.libpq_url
 API = f"http://127.0.0.1:{ARGS.api_port}"
 LOGS = RUN_OUT / "logs"
-FINISHED = ("succeeded", "partial", "failed")
 API_PID: int | None = None  # set once the API runs: its CPU is reported with each run
 
 
@@ -213,11 +213,11 @@ def _timed_run(client: httpx.Client, source: str, timeout_s: float) -> RunResult
     pause = 0.01
     while time.perf_counter() < deadline:
         run = client.get(f"/runs/{run_id}").json()
-        if run["status"] == "queued" and time.perf_counter() - started > 60:
+        if run["status"] == RunStatus.QUEUED and time.perf_counter() - started > 60:
             raise RuntimeError(f"run {run_id} still queued after 60 s: its fetch message was lost (is another "
                                f"process flushing Redis db {ARGS.redis_db}? try --private-redis)")
         if run["status"] in FINISHED:
-            if run["status"] != "succeeded":
+            if run["status"] != RunStatus.SUCCEEDED:
                 raise RuntimeError(f"run {run_id} of {source} ended {run['status']}: {run}")
             counts = run["counts"]
             outcomes = counts["inserted"] + counts["updated"] + counts["unchanged"] + counts["rejected"]
@@ -491,7 +491,8 @@ def load_by_copy() -> None:
         conn.execute("INSERT INTO source_stats (source, records) SELECT source, count(*) FROM records GROUP BY source")
         conn.execute(
             "INSERT INTO runs (source, trigger, status, config, created_at, started_at, finished_at, fetched, inserted)"
-            " SELECT source, 'api', 'succeeded', '{}', now(), now(), now(), records, records FROM source_stats"
+            " SELECT source, 'api', %s, '{}', now(), now(), now(), records, records FROM source_stats",
+            (RunStatus.SUCCEEDED,),
         )
         conn.execute("VACUUM ANALYZE")
 

@@ -6,6 +6,7 @@ from typing import Any
 
 from celery.schedules import crontab, schedule
 
+from app.core.selection import runnable
 from app.core.sources_config import SourceConfig
 from app.settings import Settings
 
@@ -23,9 +24,7 @@ def build_beat_schedule(sources: dict[str, SourceConfig], settings: Settings) ->
             "options": {"expires": reconcile_interval_s(settings)},
         }
     }
-    for source in sources.values():
-        if not (source.enabled and source.is_pulled):
-            continue
+    for source in runnable(sources):
         parsed = source.parsed_schedule
         when = schedule(parsed.every) if parsed.every else crontab(*parsed.cron)  # type: ignore[misc]
         entries[f"source:{source.name}"] = {

@@ -9,6 +9,7 @@ from kombu.exceptions import OperationalError as BrokerError
 
 from app.core.enqueue import enqueue_fetch
 from app.core.runs import ActiveRunExists, SourcePaused, create_run
+from app.core.selection import runnable
 from app.core.sources_config import load_sources
 from app.settings import get_settings
 from workers import db
@@ -98,8 +99,8 @@ def close_push_run(self: Task, run_id: int) -> int | None:
 def start_scheduled_run(self: Task, source_name: str) -> int | None:
     """Beat's entry point: create a run for the source unless one is already active."""
     _bind(self, source=source_name)
-    source = load_sources(settings.sources_file).get(source_name)
-    if source is None or not source.enabled or not source.is_pulled:
+    source = {s.name: s for s in runnable(load_sources(settings.sources_file))}.get(source_name)
+    if source is None:
         log.info("scheduled_run_skipped", reason="source removed or disabled")
         return None
     try:

@@ -14,7 +14,6 @@ from typing import Annotated
 import structlog
 from fastapi import Depends, Request
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
-from redis.asyncio import Redis
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
@@ -59,16 +58,8 @@ async def get_read_connection(request: Request) -> AsyncIterator[AsyncConnection
         await connection.close()
 
 
-async def get_redis(request: Request) -> Redis:
-    return request.app.state.redis
-
-
 async def get_sources(request: Request) -> dict[str, SourceConfig]:
     return request.app.state.sources
-
-
-async def get_request_id(request: Request) -> str:
-    return str(request.scope.get("state", {}).get("request_id", ""))
 
 
 # Declared as security schemes so the OpenAPI document shows both ways to send a key.
@@ -100,7 +91,5 @@ async def require_api_key(
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
 ReadConnectionDep = Annotated[AsyncConnection, Depends(get_read_connection)]
-RedisDep = Annotated[Redis, Depends(get_redis)]
 SourcesDep = Annotated[dict[str, SourceConfig], Depends(get_sources)]
-RequestIdDep = Annotated[str, Depends(get_request_id)]
 ApiKeyDep = Annotated[str, Depends(require_api_key)]

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-RunStatus = Literal["queued", "running", "succeeded", "partial", "failed"]
+from app.core.run_status import RunStatus
+
 DriftKind = Literal["added", "removed", "type_changed"]
 
 _TS = "2026-11-26T10:15:00Z"
@@ -107,7 +108,7 @@ class Run(BaseModel):
                     "id": 7,
                     "source": "posts",
                     "trigger": "api",
-                    "status": "queued",
+                    "status": RunStatus.QUEUED.value,
                     "created_at": _TS,
                     "started_at": None,
                     "finished_at": None,

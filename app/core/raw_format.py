@@ -30,3 +30,27 @@ def encode_rows(rows: list[RawRow]) -> bytes:
 
 def decode_rows(payload: bytes) -> list[RawRow]:
     return orjson.loads(payload)
+
+
+# The one statement that stores a raw chunk: the fetch stage, webhook intake and the push
+# window's re-cut all write through it. A chunk already stored is kept as it was (a
+# re-driven fetch cuts the same chunks again); RETURNING says whether this call stored it.
+INSERT_RAW_CHUNK = (
+    "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, skipped, columns)"
+    " VALUES (%(run_id)s, %(chunk_no)s, %(item_count)s, %(payload)s, %(skipped)s, %(columns)s::jsonb)"
+    " ON CONFLICT (run_id, chunk_no) DO NOTHING RETURNING chunk_no"
+)
+
+
+def raw_chunk_params(
+    *, run_id: int, chunk_no: int, rows: list[RawRow], skipped: int = 0, columns: list[str] | None = None
+) -> dict[str, Any]:
+    """The parameters of INSERT_RAW_CHUNK: `rows` encoded, `columns` the header of tabular rows."""
+    return {
+        "run_id": run_id,
+        "chunk_no": chunk_no,
+        "item_count": len(rows),
+        "payload": encode_rows(rows),
+        "skipped": skipped,
+        "columns": None if columns is None else orjson.dumps(columns).decode(),
+    }

@@ -7,6 +7,7 @@ run exist per source; a second attempt gets ActiveRunExists naming the run it me
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -87,21 +88,25 @@ def create_run(
     return run
 
 
-def run_to_api(run: dict[str, Any]) -> dict[str, Any]:
-    """The contract's run shape (CONTRACT section 4)."""
+COUNT_KEYS = ("fetched", "inserted", "updated", "unchanged", "rejected")
 
-    def iso(value: Any) -> str | None:
-        return value.isoformat() if value is not None else None
+
+def run_to_api(run: Mapping[str, Any], *, isoformat: bool = True) -> dict[str, Any]:
+    """The contract's run shape (CONTRACT section 4), from a `runs` row. Timestamps as ISO
+    text, or left as datetimes (`isoformat=False`) for a caller that renders with orjson."""
+
+    def when(value: Any) -> Any:
+        return value.isoformat() if isoformat and value is not None else value
 
     return {
         "id": run["id"],
         "source": run["source"],
         "trigger": run["trigger"],
         "status": run["status"],
-        "created_at": iso(run["created_at"]),
-        "started_at": iso(run["started_at"]),
-        "finished_at": iso(run["finished_at"]),
-        "counts": {key: run[key] for key in ("fetched", "inserted", "updated", "unchanged", "rejected")},
+        "created_at": when(run["created_at"]),
+        "started_at": when(run["started_at"]),
+        "finished_at": when(run["finished_at"]),
+        "counts": {key: run[key] for key in COUNT_KEYS},
         "error": run["error"],
     }
 

@@ -23,9 +23,6 @@ from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
 
 metadata = MetaData()
 
-ACTIVE_RUN_STATUSES = ("queued", "running")
-FINISHED_RUN_STATUSES = ("succeeded", "partial", "failed")
-
 sources = Table(
     "sources",
     metadata,

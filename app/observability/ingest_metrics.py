@@ -36,13 +36,13 @@ from redis.asyncio import Redis
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app.api.routes.stats import RUN_STATUSES, drift_event_count, record_stats, runs_by_status
+from app.core.run_status import ACTIVE, ALL, FINISHED, RunStatus
+from app.db.queries import stats_snapshot
 from app.observability.queue_depth import queue_depths
 
 log = structlog.get_logger("app.observability.ingest_metrics")
 
 OUTCOMES = ("inserted", "updated", "unchanged", "rejected")
-FINISHED = ("succeeded", "partial", "failed")
 # Upper bounds (seconds), fixed so that every scrape and every API process agree.
 RUN_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0, 21600.0)
 CHUNK_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
@@ -59,11 +59,11 @@ SELECT source, sum(inserted) AS inserted, sum(updated) AS updated,
        sum(unchanged) AS unchanged, sum(rejected) AS rejected
 FROM (
     SELECT source, inserted, updated, unchanged, rejected
-    FROM runs WHERE status IN ('succeeded', 'partial', 'failed')
+    FROM runs WHERE status = ANY(:finished)
     UNION ALL
     SELECT r.source, l.inserted, l.updated, l.unchanged, l.rejected
     FROM runs r JOIN chunk_ledger l ON l.run_id = r.id
-    WHERE r.status IN ('queued', 'running')
+    WHERE r.status = ANY(:active)
 ) AS counted
 GROUP BY source
 """
@@ -80,11 +80,11 @@ _RUNS_SQL = f"""
 SELECT source,
        count(*) FILTER (WHERE d IS NOT NULL) AS n,
        coalesce(sum(d), 0) AS total,
-       extract(epoch FROM max(finished_at) FILTER (WHERE status <> 'failed')) AS last_success,
+       extract(epoch FROM max(finished_at) FILTER (WHERE status <> :failed)) AS last_success,
        {_cumulative_filters("d", RUN_BUCKETS)}
 FROM (
     SELECT source, status, finished_at, extract(epoch FROM finished_at - started_at)::float8 AS d
-    FROM runs WHERE status IN ('succeeded', 'partial', 'failed') AND finished_at IS NOT NULL
+    FROM runs WHERE status = ANY(:finished) AND finished_at IS NOT NULL
 ) AS finished
 GROUP BY source
 """
@@ -147,17 +147,19 @@ def _histograms(rows: Iterable[object], bounds: tuple[float, ...]) -> dict[str, 
 async def _read_database(session: AsyncSession, snapshot: IngestSnapshot) -> None:
     # One read-only snapshot for every query, so the numbers of one scrape agree.
     await session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
-    for row in await session.execute(text(_RECORDS_SQL)):
+    statuses = {"finished": list(FINISHED), "active": list(ACTIVE), "failed": RunStatus.FAILED.value}
+    for row in await session.execute(text(_RECORDS_SQL), statuses):
         snapshot.records[row.source] = {outcome: int(getattr(row, outcome)) for outcome in OUTCOMES}
-    rows = (await session.execute(text(_RUNS_SQL))).all()
+    rows = (await session.execute(text(_RUNS_SQL), statuses)).all()
     snapshot.run_durations = {k: v for k, v in _histograms(rows, RUN_BUCKETS).items() if v.count}
     snapshot.last_success = {row.source: float(row.last_success) for row in rows if row.last_success is not None}
     after_run = (await session.execute(text(_CHUNK_WINDOW_SQL))).scalar_one_or_none() or 0
     chunk_rows = (await session.execute(text(_CHUNKS_SQL), {"after_run": int(after_run)})).all()
     snapshot.chunk_durations = _histograms(chunk_rows, CHUNK_BUCKETS)
-    snapshot.runs = await runs_by_status(session)
-    snapshot.stored, snapshot.rejected = await record_stats(session)
-    snapshot.drift_events = await drift_event_count(session)
+    records, runs, snapshot.rejected, snapshot.drift_events = await stats_snapshot(
+        await session.connection(), configured=[]
+    )
+    snapshot.stored, snapshot.runs = records["by_source"], runs["by_status"]
 
 
 async def read_snapshot(
@@ -239,7 +241,7 @@ class IngestCollector(Collector):
             last_success.add_metric([source], stamp)
         yield last_success
         runs = GaugeMetricFamily("ingest_runs", "Runs by status", labels=["status"])
-        for status in RUN_STATUSES:
+        for status in ALL:
             runs.add_metric([status], snap.runs.get(status, 0))
         yield runs
         stored = GaugeMetricFamily("ingest_records_stored", "Records stored, by source", labels=["source"])

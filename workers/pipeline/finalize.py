@@ -14,6 +14,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from app.core.run_status import ACTIVE, RunStatus
 from workers.pipeline.incremental import greatest
 from workers.pipeline.normalize.drift import merge_observed, pause_source, record_drift
 
@@ -26,9 +27,9 @@ FROM chunk_ledger WHERE run_id = %s
 """
 
 _LOOKS_COMPLETE = """
-SELECT r.chunks_total IS NOT NULL AND r.status IN ('queued', 'running')
+SELECT r.chunks_total IS NOT NULL AND r.status = ANY(%(active)s)
        AND (SELECT count(*) FROM chunk_ledger l WHERE l.run_id = r.id) >= r.chunks_total
-FROM runs r WHERE r.id = %s
+FROM runs r WHERE r.id = %(run_id)s
 """
 
 _SET_COUNTS = """
@@ -51,7 +52,7 @@ def _lock_active_run(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | 
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute("SELECT * FROM runs WHERE id = %s FOR UPDATE", (run_id,))
         run = cur.fetchone()
-    if run is None or run["status"] not in ("queued", "running"):
+    if run is None or run["status"] not in ACTIVE:
         return None
     return run
 
@@ -72,7 +73,7 @@ def finalize_run(conn: psycopg.Connection, run_id: int) -> str | None:
     behind the others. The last chunk to commit always sees every chunk committed here.
     """
     with conn.transaction():
-        looks_complete = conn.execute(_LOOKS_COMPLETE, (run_id,)).fetchone()
+        looks_complete = conn.execute(_LOOKS_COMPLETE, {"active": list(ACTIVE), "run_id": run_id}).fetchone()
     if not (looks_complete and looks_complete[0]):
         return None
     with conn.transaction():
@@ -82,7 +83,7 @@ def finalize_run(conn: psycopg.Connection, run_id: int) -> str | None:
         totals = _ledger_totals(conn, run_id)
         if totals["chunks"] < run["chunks_total"]:
             return None
-        status = "partial" if totals["rejected"] else "succeeded"
+        status = RunStatus.finished_ok(rejected=totals["rejected"])
         note = _apply_drift(conn, run)
         conn.execute(_SET_COUNTS, {**totals, "status": status, "error": note, "run_id": run_id})
         _advance_checkpoint(conn, run)
@@ -142,5 +143,5 @@ def fail_run(conn: psycopg.Connection, run_id: int, error: str) -> bool:
         if _lock_active_run(conn, run_id) is None:
             return False
         totals = _ledger_totals(conn, run_id)
-        conn.execute(_SET_COUNTS, {**totals, "status": "failed", "error": error[:2000], "run_id": run_id})
+        conn.execute(_SET_COUNTS, {**totals, "status": RunStatus.FAILED, "error": error[:2000], "run_id": run_id})
     return True

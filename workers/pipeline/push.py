@@ -13,7 +13,8 @@ from collections.abc import Callable
 
 import psycopg
 
-from app.core.raw_format import decode_rows, encode_rows
+from app.core.raw_format import INSERT_RAW_CHUNK, decode_rows, raw_chunk_params
+from app.core.run_status import RunStatus
 from workers.pipeline.finalize import finalize_run
 
 
@@ -21,9 +22,9 @@ def close_push_run(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Call
     """Close the window of a push run; return the number of chunks, or None if already closed."""
     with conn.transaction():
         row = conn.execute(
-            "SELECT config FROM runs WHERE id = %s AND trigger = 'webhook' AND status = 'running'"
+            "SELECT config FROM runs WHERE id = %s AND trigger = 'webhook' AND status = %s"
             " AND chunks_total IS NULL FOR UPDATE",
-            (run_id,),
+            (run_id, RunStatus.RUNNING),
         ).fetchone()
         if row is None:
             return None
@@ -37,8 +38,8 @@ def close_push_run(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Call
         chunks = [rows[i:i + chunk_size] for i in range(0, len(rows), chunk_size)]
         with conn.cursor() as cur:
             cur.executemany(
-                "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload) VALUES (%s, %s, %s, %s)",
-                [(run_id, n, len(chunk), encode_rows(chunk)) for n, chunk in enumerate(chunks)],
+                INSERT_RAW_CHUNK,
+                [raw_chunk_params(run_id=run_id, chunk_no=n, rows=chunk) for n, chunk in enumerate(chunks)],
             )
         conn.execute(
             "UPDATE runs SET chunks_total = %s, heartbeat_at = now(), fetch_state = '{}'::jsonb WHERE id = %s",

@@ -8,9 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg.types.json import Jsonb
 
-from app.core.raw_format import decode_rows, encode_rows
+from app.core.raw_format import INSERT_RAW_CHUNK, decode_rows, raw_chunk_params
 from workers.sources.base import RawItem, TabularRow
 
 # The stored form ([line, record, error, raw_text] rows) is defined in app/core/raw_format.py,
@@ -73,9 +72,8 @@ def store_chunk(
     with conn.transaction():
         conn.execute(_LZ4_FOR_THIS_TRANSACTION)
         conn.execute(
-            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, skipped, columns)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (run_id, chunk_no) DO NOTHING",
-            (run_id, chunk_no, len(items), encode_rows(items), skipped, None if columns is None else Jsonb(columns)),
+            INSERT_RAW_CHUNK,
+            raw_chunk_params(run_id=run_id, chunk_no=chunk_no, rows=items, skipped=skipped, columns=columns),
         )
         done = conn.execute(
             "SELECT 1 FROM chunk_ledger WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)

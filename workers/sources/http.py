@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from app.core.redaction import redact
 from app.core.sources_config import SourceConfig
 from workers.sources.base import PermanentError, TransientError
 from workers.sources.files import ContentDigest
@@ -45,8 +46,6 @@ DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 100 * 1024 * 1024
 _EXCERPT_BYTES = 2048
 _EXCERPT_CHARS = 200
-_MIN_SECRET_CHARS = 4  # shorter values are not secrets, and redacting them would garble messages
-REDACTED = "[redacted]"
 
 
 class HTTPStatusError(PermanentError):
@@ -89,22 +88,6 @@ class Download:
     def discard(self) -> None:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
-
-
-def redact(message: str, secrets: Iterable[str]) -> str:
-    """Replace every secret (and every long word of a multi-word secret, e.g. a Bearer token) in a message."""
-    for secret in sorted(_secret_variants(secrets), key=len, reverse=True):
-        message = message.replace(secret, REDACTED)
-    return message
-
-
-def _secret_variants(secrets: Iterable[str]) -> set[str]:
-    variants: set[str] = set()
-    for secret in secrets:
-        for candidate in (secret, *secret.split()):
-            if len(candidate) >= _MIN_SECRET_CHARS:
-                variants.add(candidate)
-    return variants
 
 
 def describe_url(url: str | httpx.URL) -> str:

@@ -16,9 +16,8 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
 
 from app.api.deps import ReadConnectionDep, SettingsDep, SourcesDep
-from app.api.routes.runs import last_runs
-from app.api.routes.sources import source_state
-from app.api.routes.stats import drift_event_count, record_stats, runs_by_status
+from app.core.run_status import RunStatus
+from app.db.queries import source_state, stats_snapshot
 from app.db.session import Queryable
 from app.observability.queue_depth import queue_depths
 from celeryconfig import QUEUES
@@ -48,8 +47,9 @@ async def recent_runs(db: Queryable, *, names: list[str], per_source: int) -> di
 async def troubled_runs(db: Queryable, *, limit: int = 10) -> list[dict[str, Any]]:
     """The most recent failed or partial runs, with their errors."""
     sql = """SELECT id, source, status, finished_at, fetched, rejected, error FROM runs
-             WHERE status IN ('failed', 'partial') ORDER BY id DESC LIMIT :limit"""
-    return [dict(row) for row in (await db.execute(text(sql), {"limit": limit})).mappings()]
+             WHERE status = ANY(:troubled) ORDER BY id DESC LIMIT :limit"""
+    troubled = [RunStatus.FAILED.value, RunStatus.PARTIAL.value]
+    return [dict(row) for row in (await db.execute(text(sql), {"limit": limit, "troubled": troubled})).mappings()]
 
 
 def bar_chart(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -74,9 +74,9 @@ def bar_chart(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @router.get("/", response_class=HTMLResponse)
 async def console(request: Request, db: ReadConnectionDep, settings: SettingsDep, sources: SourcesDep) -> HTMLResponse:
     names = list(sources)
-    by_source, rejected = await record_stats(db)
+    records, runs, rejected, drift_events = await stats_snapshot(db, configured=names)
+    by_source, last = records["by_source"], runs["last_by_source"]
     checkpoints, paused = await source_state(db, names=names)
-    last = await last_runs(db, sources=names)
     history = await recent_runs(db, names=names, per_source=RUNS_PER_CHART)
     context = {
         "sources": [
@@ -92,11 +92,11 @@ async def console(request: Request, db: ReadConnectionDep, settings: SettingsDep
         ],
         "total_records": sum(by_source.values()),
         "rejected": rejected,
-        "drift_events": await drift_event_count(db),
-        "by_status": await runs_by_status(db),
+        "drift_events": drift_events,
+        "by_status": runs["by_status"],
         "troubled": await troubled_runs(db),
         "queues": await queue_depths(
-            broker_url=settings.celery_broker_url or settings.redis_url,
+            broker_url=settings.celery_broker_url,
             broker_redis=request.app.state.broker_redis,
             queues=QUEUES,
         ),

@@ -45,7 +45,7 @@ async def metrics(request: Request) -> Response:
     state = request.app.state
     snapshot = await read_snapshot(
         state.sessionmaker,
-        broker_url=state.settings.celery_broker_url or state.settings.redis_url,
+        broker_url=state.settings.celery_broker_url,
         broker_redis=state.broker_redis,
         queues=QUEUES,
     )

@@ -7,9 +7,9 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 
 from app.api.deps import ReadConnectionDep
-from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, error_responses
 from app.api.schemas import RejectList, SourceFilter
+from app.db.queries import newest_rows
 from app.db.session import Queryable
 
 router = APIRouter(tags=["quality"])

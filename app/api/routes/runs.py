@@ -13,13 +13,14 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.api.deps import ApiKeyDep, ReadConnectionDep, SessionDep, SourcesDep
 from app.api.errors import ApiError
 from app.api.idempotency import claim_key, release_key, request_hash, store_response
-from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
-from app.api.schemas import Run, RunList, RunsRequest, RunStatus, SourceFilter
+from app.api.schemas import Run, RunList, RunsRequest, SourceFilter
 from app.core.enqueue import enqueue_fetch
-from app.core.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run_async, run_to_api
+from app.core.run_status import RunStatus
+from app.core.runs import ActiveRunExists, SourcePaused, create_run_async, run_to_api
+from app.core.selection import NotRunnable, UnknownSources, select_sources
 from app.core.sources_config import SourceConfig
-from app.db.session import Queryable
+from app.db.queries import active_runs, get_run, list_runs
 
 log = structlog.get_logger("app.api.routes.runs")
 router = APIRouter(tags=["runs"])
@@ -27,59 +28,13 @@ router = APIRouter(tags=["runs"])
 MAX_ID = 2**63 - 1
 
 
-async def list_runs(
-    db: Queryable, *, source: str | None, status: str | None, limit: int
-) -> list[dict[str, Any]]:
-    """Runs, newest first, optionally filtered."""
-    filters = {"source": source, "status": status}
-    rows = await newest_rows(db, table="runs", columns=RUN_COLUMNS, filters=filters, limit=limit)
-    return [run_to_api(row) for row in rows]
-
-
-async def get_run(db: Queryable, *, run_id: int) -> dict[str, Any] | None:
-    """One run by id, or None."""
-    row = (await db.execute(text(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id"), {"id": run_id})).mappings()
-    found = row.first()
-    return run_to_api(dict(found)) if found else None
-
-
-async def last_runs(db: Queryable, *, sources: list[str]) -> dict[str, dict[str, Any]]:
-    """The newest run of each named source (one index probe per source)."""
-    if not sources:
-        return {}
-    sql = f"""
-        SELECT r.* FROM unnest(CAST(:names AS text[])) AS s(name)
-        CROSS JOIN LATERAL (
-            SELECT {RUN_COLUMNS} FROM runs WHERE runs.source = s.name ORDER BY id DESC LIMIT 1
-        ) AS r
-    """
-    result = await db.execute(text(sql), {"names": sources})
-    return {row["source"]: run_to_api(dict(row)) for row in result.mappings()}
-
-
-async def active_runs(db: Queryable, *, sources: list[str]) -> list[dict[str, Any]]:
-    """Queued or running runs of these sources."""
-    sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE source = ANY(:names) AND status IN ('queued', 'running') ORDER BY id"
-    return [dict(row) for row in (await db.execute(text(sql), {"names": sources})).mappings()]
-
-
-def select_sources(configured: dict[str, SourceConfig], requested: list[str] | None) -> list[SourceConfig]:
-    """The sources a POST /runs body names (every enabled pulled source when omitted)."""
-    if requested is None:
-        return [source for source in configured.values() if source.enabled and source.is_pulled]
-    names = list(dict.fromkeys(requested))
-    unknown = [name for name in names if name not in configured]
-    if unknown:
-        shown = ", ".join(repr(name[:100]) for name in unknown[:10])
-        raise ApiError(404, f"unknown source(s): {shown}; see GET /sources", code="unknown_source")
-    pushed = [name for name in names if not configured[name].is_pulled]
-    if pushed:
-        raise ApiError(
-            422,
-            f"source '{pushed[0]}' is a webhook source: it is fed by POST /webhooks/{pushed[0]} and cannot be run",
-            code="not_runnable",
-        )
-    return [configured[name] for name in names]
+def _selected(configured: dict[str, SourceConfig], requested: list[str] | None) -> list[SourceConfig]:
+    try:
+        return select_sources(configured, requested)
+    except UnknownSources as exc:
+        raise ApiError(404, f"{exc}; see GET /sources", code="unknown_source") from None
+    except NotRunnable as exc:
+        raise ApiError(422, str(exc), code="not_runnable") from None
 
 
 def _conflict_message(runs: list[dict[str, Any]]) -> str:
@@ -101,10 +56,10 @@ def _enqueue_all(run_ids: list[int]) -> list[int]:
 async def _fail_unsent(session: AsyncSession, *, run_ids: list[int], idempotency_key: str | None) -> None:
     await session.execute(
         text(
-            "UPDATE runs SET status = 'failed', finished_at = now(), error = 'could not enqueue: broker unavailable' "
-            "WHERE id = ANY(:ids) AND status = 'queued'"
+            "UPDATE runs SET status = :failed, finished_at = now(), error = 'could not enqueue: broker unavailable' "
+            "WHERE id = ANY(:ids) AND status = :queued"
         ),
-        {"ids": run_ids},
+        {"ids": run_ids, "failed": RunStatus.FAILED.value, "queued": RunStatus.QUEUED.value},
     )
     if idempotency_key:
         await release_key(session, key=idempotency_key)
@@ -136,7 +91,7 @@ async def start_runs(
 ) -> OrjsonResponse:
     """Create one queued run per source and hand each to the fetch queue (all or nothing)."""
     request = body or RunsRequest.model_validate({})
-    selected = select_sources(sources, request.sources)
+    selected = _selected(sources, request.sources)
     scoped_key = f"runs:{key_fingerprint}:{idempotency_key}" if idempotency_key else None
     if scoped_key:
         stored = await claim_key(session, key=scoped_key, body_hash=request_hash(request.model_dump()))
@@ -178,7 +133,8 @@ async def start_runs(
         raise ApiError(
             503,
             f"the broker is unavailable: run(s) {', '.join(map(str, unsent))} could not be queued and were marked "
-            f"failed" + (f"; run(s) {', '.join(map(str, sent))} were queued" if sent else "") + "; retry later",
+            f"{RunStatus.FAILED}" + (f"; run(s) {', '.join(map(str, sent))} were queued" if sent else "")
+            + "; retry later",
         )
     return OrjsonResponse(payload, status_code=202)
 

@@ -9,26 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
-from sqlalchemy import text
 
 from app.api.deps import ReadConnectionDep, SourcesDep
 from app.api.responses import COMMON_ERRORS, error_responses
-from app.api.routes.runs import last_runs
 from app.api.schemas import SourceList
-from app.db.session import Queryable
+from app.db.queries import last_runs, source_state
 
 router = APIRouter(tags=["sources"])
-
-
-async def source_state(db: Queryable, *, names: list[str]) -> tuple[dict[str, Any], dict[str, str | None]]:
-    """Checkpoint values and paused reasons of these sources."""
-    checkpoints = await db.execute(
-        text("SELECT source, value FROM checkpoints WHERE source = ANY(:names)"), {"names": names}
-    )
-    paused = await db.execute(
-        text("SELECT name, paused_reason FROM sources WHERE name = ANY(:names)"), {"names": names}
-    )
-    return {row.source: row.value for row in checkpoints}, {row.name: row.paused_reason for row in paused}
 
 
 @router.get(

@@ -16,8 +16,10 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.raw_format import encode_rows, raw_row
+from app.core.raw_format import INSERT_RAW_CHUNK, raw_chunk_params, raw_row
+from app.core.run_status import RunStatus
 from app.core.sources_config import SourceConfig
+from app.core.sql import named_params
 
 
 @dataclass(frozen=True)
@@ -46,17 +48,15 @@ _EARLIER_DELIVERY = text(
     "SELECT run_id, accepted FROM webhook_deliveries WHERE source = :source AND webhook_id = :webhook_id"
 )
 _OPEN_WINDOW = text(
-    "SELECT id FROM runs WHERE source = :source AND trigger = 'webhook' AND status = 'running'"
+    "SELECT id FROM runs WHERE source = :source AND trigger = 'webhook' AND status = :running"
     " AND chunks_total IS NULL FOR UPDATE"
 )
 _NEW_WINDOW = text(
     "INSERT INTO runs (source, trigger, status, config, started_at, heartbeat_at)"
-    " VALUES (:source, 'webhook', 'running', CAST(:config AS jsonb), now(), now()) RETURNING id"
+    " VALUES (:source, 'webhook', :running, CAST(:config AS jsonb), now(), now()) RETURNING id"
 )
 _NEXT_CHUNK = text("SELECT coalesce(max(chunk_no) + 1, 0) FROM raw_chunks WHERE run_id = :run_id")
-_STORE_CHUNK = text(
-    "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload) VALUES (:run_id, :chunk_no, :count, :payload)"
-)
+_STORE_CHUNK = text(named_params(INSERT_RAW_CHUNK))
 _NOTE_DELIVERY = text(
     "UPDATE webhook_deliveries SET run_id = :run_id, accepted = :accepted"
     " WHERE source = :source AND webhook_id = :webhook_id"
@@ -65,14 +65,15 @@ _NOTE_DELIVERY = text(
 
 async def _open_window(session: AsyncSession, source: SourceConfig) -> tuple[int, bool]:
     """The open push run of the source (locked), opening one if none is open."""
+    params = {"source": source.name, "running": RunStatus.RUNNING.value}
     for _ in range(3):
-        run_id = (await session.execute(_OPEN_WINDOW, {"source": source.name})).scalar()
+        run_id = (await session.execute(_OPEN_WINDOW, params)).scalar()
         if run_id is not None:
             return int(run_id), False
         try:
             async with session.begin_nested():
                 config = orjson.dumps(source.snapshot()).decode()
-                created = (await session.execute(_NEW_WINDOW, {"source": source.name, "config": config})).scalar()
+                created = (await session.execute(_NEW_WINDOW, {**params, "config": config})).scalar()
                 return int(created), True  # type: ignore[arg-type]
         except IntegrityError:
             continue  # a concurrent delivery opened it first: lock theirs
@@ -91,10 +92,10 @@ async def accept_delivery(
         await session.rollback()
         return Intake(run_id=earlier.run_id, accepted=earlier.accepted, duplicate=True, opened_window=False)
     run_id, opened = await _open_window(session, source)
-    chunk_no = (await session.execute(_NEXT_CHUNK, {"run_id": run_id})).scalar()
-    await session.execute(
-        _STORE_CHUNK, {"run_id": run_id, "chunk_no": chunk_no, "count": len(rows), "payload": encode_rows(rows)}
-    )
+    chunk_no = int((await session.execute(_NEXT_CHUNK, {"run_id": run_id})).scalar_one())
+    stored = await session.execute(_STORE_CHUNK, raw_chunk_params(run_id=run_id, chunk_no=chunk_no, rows=rows))
+    if stored.scalar() is None:  # impossible under the window's row lock; never acknowledge a lost delivery
+        raise RuntimeError(f"push run {run_id} already has a chunk {chunk_no}")
     await session.execute(_NOTE_DELIVERY, {**ids, "run_id": run_id, "accepted": len(rows)})
     await session.commit()
     return Intake(run_id=run_id, accepted=len(rows), duplicate=False, opened_window=opened)
