@@ -2,10 +2,10 @@
 
 Python's cyclic collector now and then walks every tracked object, and an API process
 holds hundreds of thousands of long-lived ones (FastAPI, SQLAlchemy, pydantic, the pools).
-Those full passes were the /data latency tail: p99 57-114 ms against a 22 ms median under
-wrk. Freezing what exists once start-up is done moves it out of the collector's reach
-(gc.freeze), and a larger young-generation threshold makes the per-request garbage
-collect in fewer, still cheap, passes. Measured side by side: p99 25-33 ms, same median.
+Those full passes were the /data latency tail. Freezing what exists once start-up is done
+moves it out of the collector's reach (gc.freeze), and a larger young-generation threshold
+makes the per-request garbage collect in fewer, still cheap, passes (figures in
+docs/benchmarks.md, "Performance knobs").
 
 Only for the process uvicorn serves (app.main's module app): tests build many apps in one
 process, and freezing there would only keep their garbage forever.

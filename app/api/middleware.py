@@ -26,7 +26,8 @@ log = structlog.get_logger("app.access")
 _access_logger = logging.getLogger("app.access")
 
 # Metric children per (method, route, status), so a request does not look its labels up
-# again; past this many combinations (odd methods), .labels() is called as before.
+# again; past this many combinations (odd methods) each request calls .labels(), so a
+# client inventing methods cannot grow the cache without bound.
 MAX_CACHED_LABELS = 1000
 
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")

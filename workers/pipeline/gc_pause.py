@@ -3,8 +3,8 @@
 A chunk is thousands of short-lived dicts and lists (decoded, normalised, staged) that
 hold no reference cycles: reference counting frees them the moment the chunk is done.
 The cyclic collector cannot know that; with thousands of container objects alive it
-runs every 700 allocations and walks them all again, which measured as more than half
-the cost of decoding a chunk. Paused, it costs nothing; anything cyclic made meanwhile
+runs every 700 allocations and walks them all again, a large share of the cost of
+decoding a chunk (docs/benchmarks.md, "Performance knobs"). Paused, it costs nothing; anything cyclic made meanwhile
 is collected once the pause ends (or by an explicit young-generation pass, see fetch).
 """
 

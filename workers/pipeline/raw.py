@@ -15,10 +15,10 @@ from workers.sources.base import RawItem, TabularRow
 # The stored form ([line, record, error, raw_text] rows) is defined in app/core/raw_format.py,
 # because webhook intake in the API writes raw chunks too.
 
-# Payloads are a few hundred KB of JSON per chunk, written once and read once. TOAST's
-# default pglz compressor costs the serial fetch stage about 3 s per million CSV rows;
-# lz4 (PostgreSQL 14+, when built with it) about a third of that, for a slightly larger
-# table. Transaction-scoped, and a server without lz4 keeps pglz.
+# Payloads are a few hundred KB of JSON per chunk, written once and read once, by the
+# serial fetch stage: lz4 (PostgreSQL 14+, when built with it) compresses them several
+# times faster than TOAST's default pglz, for a slightly larger table (docs/benchmarks.md,
+# "Performance knobs"). Transaction-scoped, and a server without lz4 keeps pglz.
 _LZ4_FOR_THIS_TRANSACTION = (
     "SELECT set_config('default_toast_compression', CASE WHEN 'lz4' = ANY(enumvals) THEN 'lz4' ELSE setting END,"
     " true) FROM pg_settings WHERE name = 'default_toast_compression'"
@@ -83,7 +83,7 @@ def store_chunk(
 
 def load_chunk(conn: psycopg.Connection, *, run_id: int, chunk_no: int) -> StoredChunk | None:
     # In binary: a text result would carry the payload as hex, twice its size, encoded by
-    # the server and decoded here (7 of the 9 ms it took to read a 5,000-row chunk).
+    # the server and decoded here, most of the time it takes to read a chunk.
     row = conn.execute(
         "SELECT payload, skipped, columns FROM raw_chunks WHERE run_id = %s AND chunk_no = %s",
         (run_id, chunk_no),

@@ -119,7 +119,7 @@ class UnchangedRows:
     def __enter__(self) -> UnchangedRows:
         # The helper thread needs the GIL for a moment to send each batch and again to take
         # its answer, while this thread parses without pause: with the default 5 ms switch
-        # interval every batch waited up to twice that (3 of 15 s on a 1M-row re-run).
+        # interval every batch would wait up to twice that for it.
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, GIL_SWITCH_INTERVAL_S))
         return self

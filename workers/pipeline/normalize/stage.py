@@ -77,7 +77,8 @@ def normalize_and_upsert(conn: psycopg.Connection, run_id: int, chunk_no: int) -
 # The Normalizers of the runs this process worked on last. A run's config never changes:
 # building its Normalizer once per run, not once per chunk, saves a validation and the
 # compilation. Keyed by the config as well as the run id, because ids restart after a
-# reset. With on_drift = "reject" the known schema is read for every chunk, as before.
+# reset. With on_drift = "reject" the known schema is read for every chunk: it changes as
+# chunks commit.
 _NORMALIZERS: dict[tuple[int, bytes], Normalizer] = {}
 _NORMALIZERS_KEPT = 4
 
