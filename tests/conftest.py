@@ -151,6 +151,14 @@ def _session_worker_stopped() -> Iterator[None]:
             process.start()
 
 
+@pytest.fixture
+def idle_broker() -> Iterator[None]:
+    """No worker consumes the test broker during the test, so sent messages stay queued
+    (the session worker, when an earlier test started it, is stopped and started again)."""
+    with _session_worker_stopped():
+        yield
+
+
 @pytest.fixture(scope="session")
 def session_worker_stopped() -> Callable[[], AbstractContextManager[None]]:
     """For tests that start their own workers on the test broker: `with session_worker_stopped():`

@@ -58,7 +58,7 @@ async def test_no_keys_configured_is_401_saying_so(make_client, db):
         ({"Authorization": f"bearer {HASHED_KEY}"}, "posts"),
     ],
 )
-async def test_plain_and_hashed_keys_create_a_queued_run(client, db, headers, source):
+async def test_plain_and_hashed_keys_create_a_queued_run(client, db, idle_broker, headers, source):
     response = await client.post("/runs", json={"sources": [source]}, headers=headers)
     assert response.status_code == 202, response.text
     [run] = response.json()["runs"]
@@ -69,7 +69,7 @@ async def test_plain_and_hashed_keys_create_a_queued_run(client, db, headers, so
     assert row == (source, "api", "queued", source)
 
 
-async def test_run_is_handed_to_the_fetch_queue(client, db):
+async def test_run_is_handed_to_the_fetch_queue(client, db, idle_broker):
     response = await client.post("/runs", json={"sources": ["posts"]}, headers=AUTH)
     assert response.status_code == 202
     broker = redis.Redis.from_url(os.environ["REDIS_URL"])
