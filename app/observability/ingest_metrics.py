@@ -80,7 +80,7 @@ _RUNS_SQL = f"""
 SELECT source,
        count(*) FILTER (WHERE d IS NOT NULL) AS n,
        coalesce(sum(d), 0) AS total,
-       extract(epoch FROM max(finished_at) FILTER (WHERE status <> :failed)) AS last_success,
+       extract(epoch FROM max(finished_at) FILTER (WHERE status <> :failed_status)) AS last_success,
        {_cumulative_filters("d", RUN_BUCKETS)}
 FROM (
     SELECT source, status, finished_at, extract(epoch FROM finished_at - started_at)::float8 AS d
@@ -147,7 +147,7 @@ def _histograms(rows: Iterable[object], bounds: tuple[float, ...]) -> dict[str, 
 async def _read_database(session: AsyncSession, snapshot: IngestSnapshot) -> None:
     # One read-only snapshot for every query, so the numbers of one scrape agree.
     await session.connection(execution_options={"isolation_level": "REPEATABLE READ", "postgresql_readonly": True})
-    statuses = {"finished": list(FINISHED), "active": list(ACTIVE), "failed": RunStatus.FAILED.value}
+    statuses = {"finished": list(FINISHED), "active": list(ACTIVE), "failed_status": RunStatus.FAILED.value}
     for row in await session.execute(text(_RECORDS_SQL), statuses):
         snapshot.records[row.source] = {outcome: int(getattr(row, outcome)) for outcome in OUTCOMES}
     rows = (await session.execute(text(_RUNS_SQL), statuses)).all()

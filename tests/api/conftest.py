@@ -14,6 +14,7 @@ import orjson
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from app.main import create_app
 from app.settings import Settings
 
@@ -82,10 +83,10 @@ def insert_records(db: psycopg.Connection, rows: Iterable[dict[str, Any]]) -> li
     return ids
 
 
-def insert_run(db: psycopg.Connection, source: str, status: str = "queued", **fields: Any) -> int:
+def insert_run(db: psycopg.Connection, source: str, status: str = RunStatus.QUEUED, **fields: Any) -> int:
     """Insert a run row directly; return its id."""
     columns = {"source": source, "trigger": "schedule", "status": status, "config": "{}", **fields}
-    if status not in ("queued", "running"):
+    if status not in (RunStatus.QUEUED, RunStatus.RUNNING):
         columns.setdefault("finished_at", datetime.now(UTC))
     names = ", ".join(columns)
     placeholders = ", ".join(f"%({name})s" for name in columns)

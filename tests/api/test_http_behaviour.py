@@ -11,6 +11,7 @@ import httpx
 import pytest
 import redis
 
+from app.core.run_status import RunStatus
 from app.main import create_app
 from app.settings import Settings
 from tests.api.conftest import AUTH, assert_error, insert_run
@@ -195,7 +196,7 @@ headers = { Authorization = "Bearer ${TEST_SOURCE_TOKEN}", X-Extra = "${TEST_SOU
     client = await make_client(sources_file=str(sources_file))
     created = await client.post("/runs", json={"sources": ["secretive"]}, headers=AUTH)
     assert created.status_code == 202
-    insert_run(db, "secretive", "failed", error="upstream said no")
+    insert_run(db, "secretive", RunStatus.FAILED, error="upstream said no")
     responses = [created]
     for path in (
         "/sources",

@@ -47,6 +47,7 @@ from schemathesis.specs.openapi.checks import (
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.webhooks.signature import sign
+from app.core.run_status import RunStatus
 from app.main import create_app
 from app.settings import Settings
 from tests.api.conftest import AUTH, PLAIN_KEY, insert_records, insert_run
@@ -208,11 +209,11 @@ def seed(db: psycopg.Connection) -> None:
         ],
     )
     counts = {"fetched": 10, "inserted": 6, "updated": 1, "unchanged": 1, "rejected": 2}
-    insert_run(db, "posts", "succeeded", trigger="api", started_at=now, fetched=2, inserted=2)
-    failed = insert_run(db, "posts", "failed", error="HTTP 503 from upstream")
-    partial = insert_run(db, "passengers", "partial", started_at=now, **counts)
-    insert_run(db, "passengers", "running", started_at=now, heartbeat_at=now)  # POST /runs {} -> 409
-    insert_run(db, "orders", "succeeded", trigger="webhook", chunks_total=1, fetched=1, inserted=1)
+    insert_run(db, "posts", RunStatus.SUCCEEDED, trigger="api", started_at=now, fetched=2, inserted=2)
+    failed = insert_run(db, "posts", RunStatus.FAILED, error="HTTP 503 from upstream")
+    partial = insert_run(db, "passengers", RunStatus.PARTIAL, started_at=now, **counts)
+    insert_run(db, "passengers", RunStatus.RUNNING, started_at=now, heartbeat_at=now)  # POST /runs {} -> 409
+    insert_run(db, "orders", RunStatus.SUCCEEDED, trigger="webhook", chunks_total=1, fetched=1, inserted=1)
     db.execute("UPDATE source_stats SET rejected = 2 WHERE source = 'passengers'")
     db.execute(
         """INSERT INTO rejected_records (run_id, source, chunk_no, line_no, external_id, reason, field, message, raw)
@@ -220,14 +221,14 @@ def seed(db: psycopg.Connection) -> None:
                    '{"PassengerId": "3", "Age": "abc"}'),
                   (%(partial)s, 'passengers', 1, NULL, NULL, 'parse_error', NULL, 'row is not valid CSV', '"a,\\"b"'),
                   (%(failed)s, 'posts', 0, NULL, NULL, 'missing_id', 'id', 'no id field', NULL)""",
-        {"partial": partial, "failed": failed},
+        {RunStatus.PARTIAL: partial, RunStatus.FAILED: failed},
     )
     db.execute(
         """INSERT INTO drift_events (source, run_id, kind, field, old_type, new_type)
            VALUES ('passengers', %(partial)s, 'type_changed', 'Age', 'float', 'str'),
                   ('posts', NULL, 'added', 'tags', NULL, 'list'),
                   ('posts', %(failed)s, 'removed', 'userId', 'int', NULL)""",
-        {"partial": partial, "failed": failed},
+        {RunStatus.PARTIAL: partial, RunStatus.FAILED: failed},
     )
     db.execute("""INSERT INTO checkpoints (source, value, etag) VALUES ('posts', '{"max_id": 2}', 'W/"abc"'),
                                                                   ('passengers', '"2026-01-01"', NULL)""")

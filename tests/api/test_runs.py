@@ -9,6 +9,7 @@ import pytest
 import redis
 
 from app.api.routes import runs as runs_module
+from app.core.run_status import RunStatus
 from tests.api.conftest import AUTH, HASHED_KEY, PLAIN_KEY, assert_error, insert_run
 
 RUN_KEYS = {"id", "source", "trigger", "status", "created_at", "started_at", "finished_at", "counts", "error"}
@@ -63,10 +64,10 @@ async def test_plain_and_hashed_keys_create_a_queued_run(client, db, idle_broker
     assert response.status_code == 202, response.text
     [run] = response.json()["runs"]
     assert set(run) == RUN_KEYS
-    assert run["source"] == source and run["trigger"] == "api" and run["status"] == "queued"
+    assert run["source"] == source and run["trigger"] == "api" and run["status"] == RunStatus.QUEUED
     assert run["counts"] == {"fetched": 0, "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0}
     row = db.execute("SELECT source, trigger, status, config->>'name' FROM runs WHERE id = %s", (run["id"],)).fetchone()
-    assert row == (source, "api", "queued", source)
+    assert row == (source, "api", RunStatus.QUEUED, source)
 
 
 async def test_run_is_handed_to_the_fetch_queue(client, db, idle_broker):
@@ -88,20 +89,20 @@ async def test_empty_body_runs_every_enabled_pulled_source(client, db):
 
 
 async def test_active_run_is_409_naming_it_and_nothing_is_created(client, db):
-    busy = insert_run(db, "posts", "running")
+    busy = insert_run(db, "posts", RunStatus.RUNNING)
     error = assert_error(
         await client.post("/runs", json={"sources": ["news", "posts"]}, headers=AUTH), 409, "active_run"
     )
     assert f"active run {busy}" in error["message"] and "'posts'" in error["message"]
     assert run_count(db) == 1  # all or nothing: no run for news either
-    queued = insert_run(db, "news", "queued")
+    queued = insert_run(db, "news", RunStatus.QUEUED)
     error = assert_error(await client.post("/runs", json={}, headers=AUTH), 409)
     assert str(busy) in error["message"] and str(queued) in error["message"]
 
 
 async def test_finished_runs_do_not_block(client, db):
-    insert_run(db, "posts", "succeeded")
-    insert_run(db, "posts", "failed", error="boom")
+    insert_run(db, "posts", RunStatus.SUCCEEDED)
+    insert_run(db, "posts", RunStatus.FAILED, error="boom")
     response = await client.post("/runs", json={"sources": ["posts"]}, headers=AUTH)
     assert response.status_code == 202
 
@@ -180,10 +181,10 @@ async def test_concurrent_requests_with_one_idempotency_key_create_one_run(clien
 
 
 async def test_failed_request_does_not_burn_the_idempotency_key(client, db):
-    busy = insert_run(db, "posts", "running")
+    busy = insert_run(db, "posts", RunStatus.RUNNING)
     headers = {**AUTH, "Idempotency-Key": "retry-me"}
     assert_error(await client.post("/runs", json={"sources": ["posts"]}, headers=headers), 409)
-    db.execute("UPDATE runs SET status = 'succeeded', finished_at = now() WHERE id = %s", (busy,))
+    db.execute("UPDATE runs SET status = %s, finished_at = now() WHERE id = %s", (RunStatus.SUCCEEDED, busy))
     assert (await client.post("/runs", json={"sources": ["posts"]}, headers=headers)).status_code == 202
 
 
@@ -201,7 +202,7 @@ async def test_broker_failure_is_503_and_marks_the_run_failed(client, db, monkey
     error = assert_error(await client.post("/runs", json={"sources": ["posts"]}, headers=headers), 503)
     assert "broker" in error["message"]
     assert db.execute("SELECT status, error FROM runs").fetchone() == (
-        "failed",
+        RunStatus.FAILED,
         "could not enqueue: broker unavailable",
     )
     monkeypatch.undo()
@@ -210,13 +211,17 @@ async def test_broker_failure_is_503_and_marks_the_run_failed(client, db, monkey
 
 
 async def test_list_runs_newest_first_with_filters(client, db):
-    ids = [insert_run(db, "posts", "succeeded"), insert_run(db, "news", "failed"), insert_run(db, "posts", "queued")]
+    ids = [
+        insert_run(db, "posts", RunStatus.SUCCEEDED),
+        insert_run(db, "news", RunStatus.FAILED),
+        insert_run(db, "posts", RunStatus.QUEUED),
+    ]
     body = (await client.get("/runs")).json()
     assert set(body) == {"runs"} and [run["id"] for run in body["runs"]] == ids[::-1]
     assert set(body["runs"][0]) == RUN_KEYS
     posts = (await client.get("/runs", params={"source": "posts"})).json()["runs"]
     assert [run["id"] for run in posts] == [ids[2], ids[0]]
-    failed = (await client.get("/runs", params={"status": "failed"})).json()["runs"]
+    failed = (await client.get("/runs", params={"status": RunStatus.FAILED})).json()["runs"]
     assert [run["id"] for run in failed] == [ids[1]]
     assert len((await client.get("/runs", params={"limit": 1})).json()["runs"]) == 1
     assert "query parameter 'status'" in assert_error(await client.get("/runs?status=bogus"), 422)["message"]
@@ -225,9 +230,9 @@ async def test_list_runs_newest_first_with_filters(client, db):
 
 
 async def test_get_one_run(client, db):
-    run_id = insert_run(db, "posts", "partial", fetched=3, inserted=1, updated=1, unchanged=0, rejected=1)
+    run_id = insert_run(db, "posts", RunStatus.PARTIAL, fetched=3, inserted=1, updated=1, unchanged=0, rejected=1)
     run = (await client.get(f"/runs/{run_id}")).json()
-    assert run["status"] == "partial" and run["finished_at"] is not None
+    assert run["status"] == RunStatus.PARTIAL and run["finished_at"] is not None
     assert run["counts"] == {"fetched": 3, "inserted": 1, "updated": 1, "unchanged": 0, "rejected": 1}
     assert_error(await client.get("/runs/424242"), 404)
     assert_error(await client.get("/runs/abc"), 422)

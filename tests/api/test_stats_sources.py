@@ -6,10 +6,10 @@ from datetime import UTC, datetime
 
 import anyio
 import orjson
-import pytest
 
 from app.api.schemas import Stats
 from app.core.enqueue import FETCH_TASK, producer
+from app.core.run_status import RunStatus
 from tests.api.conftest import assert_error, insert_records, insert_run
 
 
@@ -26,10 +26,10 @@ async def test_stats_shape_and_counts(client, db):
     insert_records(db, [{"source": "posts", "external_id": str(i)} for i in range(3)])
     insert_records(db, [{"source": "news", "external_id": "n"}])
     db.execute("UPDATE source_stats SET rejected = 2 WHERE source = 'posts'")
-    older = insert_run(db, "posts", "succeeded")
-    newest = insert_run(db, "posts", "partial")
-    insert_run(db, "news", "failed", error="boom")
-    insert_run(db, "news", "queued")
+    older = insert_run(db, "posts", RunStatus.SUCCEEDED)
+    newest = insert_run(db, "posts", RunStatus.PARTIAL)
+    insert_run(db, "news", RunStatus.FAILED, error="boom")
+    insert_run(db, "news", RunStatus.QUEUED)
     db.execute(
         "INSERT INTO drift_events (source, run_id, kind, field, new_type) VALUES ('posts', %s, 'added', 'x', 'int')",
         (older,),
@@ -43,9 +43,11 @@ async def test_stats_shape_and_counts(client, db):
     assert list(body["records"]["by_source"]) == ["news", "posts"]  # in source order
     assert set(body["runs"]) == {"total", "by_status", "last_by_source"}
     assert body["runs"]["total"] == 4
-    assert body["runs"]["by_status"] == {"queued": 1, "running": 0, "succeeded": 1, "partial": 1, "failed": 1}
+    assert body["runs"]["by_status"] == {
+        RunStatus.QUEUED: 1, RunStatus.RUNNING: 0, RunStatus.SUCCEEDED: 1, RunStatus.PARTIAL: 1, RunStatus.FAILED: 1
+    }
     assert body["runs"]["last_by_source"]["posts"]["id"] == newest
-    assert body["runs"]["last_by_source"]["news"]["status"] == "queued"
+    assert body["runs"]["last_by_source"]["news"]["status"] == RunStatus.QUEUED
     assert set(body["queues"]) == {"fetch", "normalize", "maintenance"}
     assert body["rejected"] == 2 and body["drift_events"] == 1
 
@@ -53,9 +55,11 @@ async def test_stats_shape_and_counts(client, db):
 async def test_stats_last_run_of_configured_sources_in_order_then_of_other_counted_sources(client, db):
     insert_records(db, [{"source": "zz_retired", "external_id": "1"}, {"source": "news", "external_id": "1"}])
     insert_records(db, [{"source": "aa_retired", "external_id": "1"}])
-    runs = {source: insert_run(db, source, "succeeded") for source in ("zz_retired", "news", "aa_retired", "posts")}
-    newest_posts = insert_run(db, "posts", "failed", error="boom")
-    insert_run(db, "not_counted", "succeeded")  # neither configured nor in source_stats
+    runs = {
+        source: insert_run(db, source, RunStatus.SUCCEEDED) for source in ("zz_retired", "news", "aa_retired", "posts")
+    }
+    newest_posts = insert_run(db, "posts", RunStatus.FAILED, error="boom")
+    insert_run(db, "not_counted", RunStatus.SUCCEEDED)  # neither configured nor in source_stats
     body = (await client.get("/stats")).json()
     last = body["runs"]["last_by_source"]
     # sources.test.toml order (posts, passengers, news, orders), then the others in source order
@@ -68,16 +72,17 @@ async def test_stats_last_run_of_configured_sources_in_order_then_of_other_count
         "id", "source", "trigger", "status", "created_at", "started_at", "finished_at", "counts", "error"
     }
     assert body["records"]["by_source"] == {"aa_retired": 1, "news": 1, "zz_retired": 1}
-    assert body["runs"]["total"] == 6 and body["runs"]["by_status"]["succeeded"] == 5
+    assert body["runs"]["total"] == 6 and body["runs"]["by_status"][RunStatus.SUCCEEDED] == 5
 
 
 async def test_stats_reads_exactly_as_its_response_model_renders_it(client, db):
     insert_records(db, [{"source": "posts", "external_id": "1"}, {"source": "zz_other", "external_id": "1"}])
     whole_second = datetime(2026, 5, 1, 8, 0, 0, tzinfo=UTC)
-    insert_run(db, "posts", "failed", error='quote " and ünïcode', created_at=whole_second, started_at=whole_second,
+    insert_run(db, "posts", RunStatus.FAILED, error='quote " and ünïcode', created_at=whole_second,
+               started_at=whole_second,
                finished_at=whole_second.replace(microsecond=120000), fetched=3, inserted=1, updated=1, rejected=1)
-    insert_run(db, "news", "queued", created_at=datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
-    insert_run(db, "zz_other", "succeeded")
+    insert_run(db, "news", RunStatus.QUEUED, created_at=datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC))
+    insert_run(db, "zz_other", RunStatus.SUCCEEDED)
     for body in ((await client.get("/stats")).content, (await client.get("/stats")).content):
         rendered_by_model = orjson.dumps(Stats.model_validate(orjson.loads(body)).model_dump(mode="json"))
         assert body == rendered_by_model
@@ -92,7 +97,7 @@ async def test_stats_reads_exactly_as_its_response_model_renders_it(client, db):
 async def test_stats_of_an_empty_database(client, db):
     body = (await client.get("/stats")).json()
     assert body["records"] == {"total": 0, "by_source": {}}
-    assert body["runs"]["by_status"] == dict.fromkeys(["queued", "running", "succeeded", "partial", "failed"], 0)
+    assert body["runs"]["by_status"] == dict.fromkeys(RunStatus, 0)
     assert body["runs"]["total"] == 0 and body["rejected"] == 0 and body["drift_events"] == 0
 
 
@@ -115,7 +120,7 @@ async def test_queue_depth_is_null_when_the_broker_cannot_say(make_client, db):
 
 
 async def test_sources_lists_every_configured_source_with_state(client, db):
-    run_id = insert_run(db, "posts", "succeeded")
+    run_id = insert_run(db, "posts", RunStatus.SUCCEEDED)
     db.execute(
         "INSERT INTO checkpoints (source, value, run_id) VALUES ('posts', %s::jsonb, %s)",
         (orjson.dumps(100).decode(), run_id),
@@ -134,8 +139,8 @@ async def test_sources_lists_every_configured_source_with_state(client, db):
 
 
 async def test_rejects_filtered_by_source_and_run(client, db):
-    run_a = insert_run(db, "passengers", "partial")
-    run_b = insert_run(db, "posts", "partial")
+    run_a = insert_run(db, "passengers", RunStatus.PARTIAL)
+    run_b = insert_run(db, "posts", RunStatus.PARTIAL)
     for run_id, source, line in ((run_a, "passengers", 4), (run_a, "passengers", 9), (run_b, "posts", None)):
         db.execute(
             """INSERT INTO rejected_records (run_id, source, chunk_no, line_no, reason, field, message, raw)
@@ -166,7 +171,7 @@ async def test_rejects_filtered_by_source_and_run(client, db):
 
 
 async def test_drift_events(client, db):
-    run_id = insert_run(db, "posts", "succeeded")
+    run_id = insert_run(db, "posts", RunStatus.SUCCEEDED)
     db.execute(
         """INSERT INTO drift_events (source, run_id, kind, field, old_type, new_type) VALUES
            ('posts', %s, 'added', 'tags', NULL, 'list'), ('posts', %s, 'type_changed', 'id', 'int', 'str'),

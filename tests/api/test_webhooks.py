@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from app.api.webhooks.signature import SignatureError, sign, verify
+from app.core.run_status import RunStatus
 from tests.api.conftest import assert_error
 from tests.support.pipeline import records, wait_for_run
 
@@ -68,7 +69,7 @@ async def test_valid_delivery_lands_and_a_repeated_id_lands_once(hook_client, db
     assert again.json() == {"accepted": 0, "run_id": first.json()["run_id"], "duplicate": True}
 
     run = wait_for_run(db, first.json()["run_id"], timeout_s=60)
-    assert (run["status"], run["trigger"], run["fetched"], run["inserted"]) == ("succeeded", "webhook", 1, 1)
+    assert (run["status"], run["trigger"], run["fetched"], run["inserted"]) == (RunStatus.SUCCEEDED, "webhook", 1, 1)
     assert records(db, "orders")["A-1"]["data"]["amount"] == 12.5
     assert stored(db)[0] == 1
 
@@ -122,7 +123,7 @@ async def test_ten_thousand_records_arrive_in_chunks_and_land_whole(hook_client,
     response = await hook_client.post("/webhooks/orders", content=body, headers=signed_headers(body))
     assert response.status_code == 202, response.text
     run = wait_for_run(db, response.json()["run_id"], timeout_s=120)
-    assert (run["fetched"], run["inserted"], run["rejected"], run["status"]) == (10_000, 9_999, 1, "partial")
+    assert (run["fetched"], run["inserted"], run["rejected"], run["status"]) == (10_000, 9_999, 1, RunStatus.PARTIAL)
     assert run["chunks_total"] == 10  # chunk_size 1000: ten tasks, not ten thousand
     assert len(records(db, "orders")) == 9_999
     reject = db.execute("SELECT reason, line_no FROM rejected_records WHERE run_id = %s", (run["id"],)).fetchone()

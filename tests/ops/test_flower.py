@@ -21,6 +21,7 @@ import httpx
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from tests.conftest import ARTIFACTS, ROOT, WorkerProcess
 from tests.support.pipeline import ingest, source
 
@@ -126,7 +127,7 @@ def test_flower_sees_the_worker_and_the_pipeline_tasks(
     path = tmp_path / "flowered.csv"
     path.write_text("id,name\n" + "".join(f"{i},name {i}\n" for i in range(1, 8)))
     run = ingest(db, source("flowered", "csv", str(path), chunk_size=3))
-    assert (run["status"], run["inserted"], run["chunks_total"]) == ("succeeded", 7, 3)
+    assert (run["status"], run["inserted"], run["chunks_total"]) == (RunStatus.SUCCEEDED, 7, 3)
     run_id = run["id"]
 
     def tasks_of_run() -> dict[str, list[dict[str, Any]]] | None:
@@ -143,7 +144,7 @@ def test_flower_sees_the_worker_and_the_pipeline_tasks(
     assert sorted(args(task) for task in seen[CHUNK]) == [[run_id, n] for n in range(3)]
     fetch = seen[FETCH][0]
     assert (args(fetch), fetch["kwargs"]) == ([run_id], "{}")
-    assert fetch["received"] and fetch["started"] and fetch["succeeded"]
+    assert fetch["received"] and fetch["started"] and fetch[RunStatus.SUCCEEDED]
     assert {task["parent_id"] for task in seen[CHUNK]} == {fetch["uuid"]}  # fanned out by the fetch
     # One task by id, as the UI's task page shows it.
     detail = flower.get(f"/api/task/info/{fetch['uuid']}").json()

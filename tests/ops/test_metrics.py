@@ -17,6 +17,7 @@ import redis
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.core.enqueue import producer
+from app.core.run_status import RunStatus
 from app.observability.ingest_metrics import CHUNK_BUCKETS, RUN_BUCKETS
 from app.observability.queue_depth import redis_list_names
 from tests.api.conftest import ClientFactory, insert_run
@@ -85,14 +86,14 @@ async def test_ingestions_move_every_metric_by_exact_amounts(
     before = await scrape(client)
     run = await anyio.to_thread.run_sync(ingest, db, config)
     after = await scrape(client)
-    assert (run["status"], run["inserted"], run["chunks_total"]) == ("succeeded", 25, 3)
+    assert (run["status"], run["inserted"], run["chunks_total"]) == (RunStatus.SUCCEEDED, 25, 3)
 
     assert value(after, "ingest_scrape_error") == 0
     assert delta(before, after, "ingest_records_total", source=src, outcome="inserted") == 25
     for outcome in ("updated", "unchanged", "rejected"):
         assert delta(before, after, "ingest_records_total", source=src, outcome=outcome) == 0
-    assert delta(before, after, "ingest_runs", status="succeeded") == 1
-    for status in ("queued", "running", "partial", "failed"):
+    assert delta(before, after, "ingest_runs", status=RunStatus.SUCCEEDED) == 1
+    for status in (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PARTIAL, RunStatus.FAILED):
         assert delta(before, after, "ingest_runs", status=status) == 0
     assert value(after, "ingest_records_stored", source=src) == 25
     assert delta(before, after, "ingest_rejected_records") == 0
@@ -117,12 +118,12 @@ async def test_ingestions_move_every_metric_by_exact_amounts(
     before = after
     run = await anyio.to_thread.run_sync(ingest, db, config)
     after = await scrape(client)
-    assert (run["status"], run["fetched"]) == ("partial", 27)
+    assert (run["status"], run["fetched"]) == (RunStatus.PARTIAL, 27)
     expected = {"inserted": 0, "updated": 3, "unchanged": 22, "rejected": 2}
     for outcome, n in expected.items():
         assert delta(before, after, "ingest_records_total", source=src, outcome=outcome) == n, outcome
-    assert delta(before, after, "ingest_runs", status="partial") == 1
-    assert delta(before, after, "ingest_runs", status="succeeded") == 0
+    assert delta(before, after, "ingest_runs", status=RunStatus.PARTIAL) == 1
+    assert delta(before, after, "ingest_runs", status=RunStatus.SUCCEEDED) == 0
     assert delta(before, after, "ingest_rejected_records") == 2
     assert value(after, "ingest_records_stored", source=src) == 25
     assert_histogram_observed(
@@ -137,16 +138,16 @@ async def test_ingestions_move_every_metric_by_exact_amounts(
     before = after
     run = await anyio.to_thread.run_sync(ingest, db, config)
     after = await scrape(client)
-    assert (run["status"], run["updated"]) == ("succeeded", 25)
+    assert (run["status"], run["updated"]) == (RunStatus.SUCCEEDED, 25)
     assert delta(before, after, "ingest_drift_events") == 1
     assert delta(before, after, "ingest_records_total", source=src, outcome="updated") == 25
-    assert delta(before, after, "ingest_runs", status="succeeded") == 1
+    assert delta(before, after, "ingest_runs", status=RunStatus.SUCCEEDED) == 1
 
 
 async def test_active_runs_count_from_the_ledger_and_finishing_never_double_counts(
     db: psycopg.Connection, client: httpx.AsyncClient
 ) -> None:
-    run_id = insert_run(db, "ledgered", status="running", started_at="2026-01-01T00:00:00Z")
+    run_id = insert_run(db, "ledgered", status=RunStatus.RUNNING, started_at="2026-01-01T00:00:00Z")
     db.execute(
         "INSERT INTO chunk_ledger (run_id, chunk_no, fetched, inserted, updated, unchanged, rejected, duration_ms)"
         " VALUES (%s, 0, 10, 6, 2, 1, 1, 120), (%s, 1, 5, 5, 0, 0, 0, 30)",
@@ -156,21 +157,22 @@ async def test_active_runs_count_from_the_ledger_and_finishing_never_double_coun
     counts = {"inserted": 11, "updated": 2, "unchanged": 1, "rejected": 1}
     for outcome, n in counts.items():
         assert value(running, "ingest_records_total", source="ledgered", outcome=outcome) == n
-    assert value(running, "ingest_runs", status="running") == 1
+    assert value(running, "ingest_runs", status=RunStatus.RUNNING) == 1
     assert value(running, "ingest_chunk_duration_seconds_count", source="ledgered") == 2
     assert value(running, "ingest_chunk_duration_seconds_bucket", source="ledgered", le="0.1") == 1
     assert ("ingest_run_duration_seconds_count", frozenset({("source", "ledgered")})) not in running
 
     # finalize copies the ledger sums into the run: the counter must not move.
     db.execute(
-        "UPDATE runs SET status = 'partial', finished_at = started_at + interval '90 seconds', fetched = 15,"
+        "UPDATE runs SET status = %s, finished_at = started_at + interval '90 seconds', fetched = 15,"
         " inserted = 11, updated = 2, unchanged = 1, rejected = 1 WHERE id = %s",
-        (run_id,),
+        (RunStatus.PARTIAL, run_id),
     )
     done = await scrape(client)
     for outcome, n in counts.items():
         assert value(done, "ingest_records_total", source="ledgered", outcome=outcome) == n
-    assert (value(done, "ingest_runs", status="running"), value(done, "ingest_runs", status="partial")) == (0, 1)
+    running, partial = (value(done, "ingest_runs", status=status) for status in (RunStatus.RUNNING, RunStatus.PARTIAL))
+    assert (running, partial) == (0, 1)
     assert value(done, "ingest_run_duration_seconds_count", source="ledgered") == 1
     assert value(done, "ingest_run_duration_seconds_sum", source="ledgered") == 90
     assert value(done, "ingest_run_duration_seconds_bucket", source="ledgered", le="60.0") == 0

@@ -25,6 +25,7 @@ import psycopg
 import pytest
 from celery import Celery
 
+from app.core.run_status import RunStatus
 from app.observability.queue_depth import amqp_queue_depths
 from celeryconfig import QUEUES
 from tests.conftest import ROOT, WorkerProcess
@@ -139,7 +140,7 @@ def test_full_ingestion_over_rabbitmq(
     ).fetchall()
     assert len(run) == 1, run
     run_id, *summary = run[0]
-    assert tuple(summary) == ("partial", "cli", ROWS + 1, ROWS, 0, 0, 1, 4)
+    assert tuple(summary) == (RunStatus.PARTIAL, "cli", ROWS + 1, ROWS, 0, 0, 1, 4)
     stored = records(db, SOURCE)
     assert set(stored) == {str(i) for i in range(1, ROWS + 1)}
     assert stored["7"]["data"] == {"id": "7", "name": "item 7", "score": 21}

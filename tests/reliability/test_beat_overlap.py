@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from app.core.run_status import ACTIVE, RunStatus
 from tests.support.faults import ProcessSet, assert_counts, assert_exact_records, post, scalar, wait_until
 from tests.support.http_server import LocalHTTPServer, Request, Response
 
@@ -42,7 +43,7 @@ def test_two_beats_never_start_overlapping_runs(
     ticks = sum(beat.sent("source:ticking") for beat in beats)
 
     def all_finished() -> bool:
-        active = scalar(db, "SELECT count(*) FROM runs WHERE status IN ('queued', 'running')")
+        active = scalar(db, "SELECT count(*) FROM runs WHERE status = ANY(%s)", (list(ACTIVE),))
         return active == 0
 
     wait_until(all_finished, 30, "the last scheduled run to finish")
@@ -54,7 +55,7 @@ def test_two_beats_never_start_overlapping_runs(
     for earlier, later in zip(runs, runs[1:], strict=False):
         assert later["created_at"] >= earlier["finished_at"], f"runs overlap: {earlier} / {later}"
     for run in runs:
-        assert run["trigger"] == "schedule" and run["status"] == "succeeded", run
+        assert run["trigger"] == "schedule" and run["status"] == RunStatus.SUCCEEDED, run
         assert run["started_at"] is not None and run["started_at"] <= run["finished_at"]
         assert_counts(run, len(upstream))
     assert len(runs) * 3 <= ticks, f"{len(runs)} runs for {ticks} ticks: the beats were not neutralised"

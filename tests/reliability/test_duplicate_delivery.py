@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from psycopg.rows import dict_row
 
+from app.core.run_status import RunStatus
 from tests.support.faults import (
     ProcessSet,
     assert_counts,
@@ -54,7 +55,7 @@ def test_replaying_every_task_of_a_finished_run_changes_nothing(
     procs.beat()
     config = source("replay", "csv", str(tmp_path / "replay.csv"), chunk_size=1000, fields={"title": "title"})
     run = ingest(db, config)
-    assert run["status"] == "succeeded" and run["chunks_total"] == 10
+    assert run["status"] == RunStatus.SUCCEEDED and run["chunks_total"] == 10
     before = snapshot(db, run["id"], "replay")
     _, attempts_before = deliveries(db, run["id"])
 
@@ -107,7 +108,7 @@ def test_duplicates_while_the_run_is_active_are_absorbed(
     wait_until(every_chunk_sent_twice, 60, "every chunk to be stored (and duplicated)", interval_s=0.05)
     run = wait_for_run(db, run_id, timeout_s=90)
 
-    assert run["status"] == "succeeded", run["error"]
+    assert run["status"] == RunStatus.SUCCEEDED, run["error"]
     assert_counts(run, n, inserted=n)
     assert_exact_records(db, "dup", upstream)
     assert scalar(db, "SELECT records FROM source_stats WHERE source = 'dup'") == n

@@ -14,6 +14,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from tests.support.faults import (
     RECONCILE_EVERY_S,
     TASK_TIMEOUT_S,
@@ -79,12 +80,12 @@ def test_a_poison_chunk_fails_its_run_and_another_source_still_succeeds(
     bad = wait_for_run(db, bad_id, timeout_s=FAIL_BOUND_S)
     failed_after = time.monotonic() - started
 
-    assert good["status"] == "succeeded", good["error"]
+    assert good["status"] == RunStatus.SUCCEEDED, good["error"]
     assert_counts(good, 5000, inserted=5000)
     assert_exact_records(db, "healthy", healthy_rows)
 
     poison_chunk = (int(poison_trigger) - 1) // 500  # row n is item n-1
-    assert bad["status"] == "failed"
+    assert bad["status"] == RunStatus.FAILED
     assert f"chunk {poison_chunk} failed after {MAX_ATTEMPTS} attempts" in bad["error"], bad["error"]
     assert f"record {poison_trigger} is poison" in bad["error"], bad["error"]
     assert failed_after <= FAIL_BOUND_S
@@ -105,7 +106,7 @@ def test_a_poison_chunk_fails_its_run_and_another_source_still_succeeds(
     # The fault repaired, the next run completes the data: every record exactly once.
     drop_trigger(db)
     rerun = ingest(db, poisoned, timeout_s=60)
-    assert rerun["status"] == "succeeded", rerun["error"]
+    assert rerun["status"] == RunStatus.SUCCEEDED, rerun["error"]
     assert_counts(rerun, 5000, inserted=500, unchanged=4500)
     assert_exact_records(db, "poisoned", poisoned_rows)
     print(f"poison run failed after {failed_after:.1f}s (bound {FAIL_BOUND_S}s), attempts={attempts}")

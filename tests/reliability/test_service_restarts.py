@@ -24,6 +24,7 @@ import pytest
 import redis
 from psycopg.rows import dict_row
 
+from app.core.run_status import RunStatus
 from app.core.runs import create_run
 from app.db.migrate import migrate
 from app.settings import Settings
@@ -229,10 +230,10 @@ def run_through_a_restart(
     assert observer.run(first_id)["chunks_total"] is None, "the fetch finished before the restart"
     restart()
     first = observer.wait_finished(first_id, RECOVERY_BOUND_S)
-    if first["status"] == "failed":
+    if first["status"] == RunStatus.FAILED:
         assert first["error"], "a failed run must say why"
     else:
-        assert first["status"] == "succeeded", first
+        assert first["status"] == RunStatus.SUCCEEDED, first
         assert_counts(first, len(UPSTREAM), inserted=len(UPSTREAM))
         with stack.connect() as conn:
             assert_exact_records(conn, name, {str(r["id"]) for r in UPSTREAM})
@@ -240,7 +241,7 @@ def run_through_a_restart(
 
     second_id = stack.start_run(config)
     second = observer.wait_finished(second_id, RECOVERY_BOUND_S)
-    assert second["status"] == "succeeded", second
+    assert second["status"] == RunStatus.SUCCEEDED, second
     past_checkpoint = [r for r in UPSTREAM if checkpoint_before is None or r["id"] > int(checkpoint_before)]
     assert_counts(second, len(past_checkpoint))
     with stack.connect() as conn:
@@ -268,8 +269,8 @@ def test_redis_restart_loses_every_queued_chunk_and_the_reconciler_redrives_them
 ) -> None:
     http.route("/queued", SlowPages(UPSTREAM, delay_s=0.0))
     fetcher = private_procs.worker("fetcher", concurrency=1, queues="fetch")  # nobody consumes normalize yet
-    config = slow_source("queued", http)
-    observer = Observer(stack, "queued", UPSTREAM, supervised=[fetcher])
+    config = slow_source(RunStatus.QUEUED, http)
+    observer = Observer(stack, RunStatus.QUEUED, UPSTREAM, supervised=[fetcher])
     run_id = stack.start_run(config)
     observer.wait_for("the fetch to finish", lambda: observer.run(run_id)["chunks_total"] is not None, 60)
     client = redis.Redis.from_url(stack.redis.url())
@@ -286,10 +287,10 @@ def test_redis_restart_loses_every_queued_chunk_and_the_reconciler_redrives_them
     run = observer.wait_finished(run_id, RECOVERY_BOUND_S)
     recovered_in = time.monotonic() - restarted_at
 
-    assert run["status"] == "succeeded", run
+    assert run["status"] == RunStatus.SUCCEEDED, run
     assert_counts(run, len(UPSTREAM), inserted=len(UPSTREAM))
     with stack.connect() as conn:
-        assert_exact_records(conn, "queued", {str(r["id"]) for r in UPSTREAM})
+        assert_exact_records(conn, RunStatus.QUEUED, {str(r["id"]) for r in UPSTREAM})
         assert scalar(conn, "SELECT count(*) FROM raw_chunks WHERE run_id = %s AND attempts >= 1", (run_id,)) == 8
     assert recovered_in <= RECOVERY_BOUND_S
     assert observer.check_checkpoint() == UPSTREAM[-1]["id"]

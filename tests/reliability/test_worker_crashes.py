@@ -15,6 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from tests.support.faults import (
     RECOVERY_BOUND_S,
     ProcessSet,
@@ -71,7 +72,7 @@ def test_killing_pool_children_mid_run_loses_and_duplicates_nothing(
     assert fetch_attempts > 1 or chunk_deliveries > run["chunks_total"], (
         f"no kill hit a task in flight (killed {killed}); the test proved nothing"
     )
-    assert run["status"] == "succeeded", run["error"]
+    assert run["status"] == RunStatus.SUCCEEDED, run["error"]
     assert_counts(run, n, inserted=n)
     assert_exact_records(db, "big", upstream)
     assert scalar(db, "SELECT records FROM source_stats WHERE source = 'big'") == n
@@ -104,7 +105,7 @@ def test_killing_the_whole_worker_mid_fetch_recovers_within_the_bound(
     run = wait_for_run(db, run_id, timeout_s=RECOVERY_BOUND_S)
     recovered_in = time.monotonic() - killed_at
 
-    assert run["status"] == "succeeded", run["error"]
+    assert run["status"] == RunStatus.SUCCEEDED, run["error"]
     assert recovered_in <= RECOVERY_BOUND_S
     assert run["fetch_attempts"] >= 2  # the reconciler re-drove the fetch the dead worker held
     assert_counts(run, len(upstream), inserted=len(upstream))

@@ -13,6 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from app.core.runs import ActiveRunExists, create_run
 from tests.support.http_server import LocalHTTPServer, Request, Response
 from tests.support.pipeline import checkpoint, ingest, records, rejects, source, start_run, wait_for_run
@@ -39,7 +40,7 @@ def test_json_api_twice_gives_no_duplicates_and_all_unchanged(db: psycopg.Connec
                     fields={"title": "title", "content": "body", "author": "userId"})
 
     first = ingest(db, config)
-    assert (first["status"], first["fetched"], first["inserted"]) == ("succeeded", 250, 250)
+    assert (first["status"], first["fetched"], first["inserted"]) == (RunStatus.SUCCEEDED, 250, 250)
     stored = records(db, "posts")
     assert len(stored) == 250
     assert stored["17"]["title"] == "post 17" and stored["17"]["content"] == "body of 17"
@@ -81,7 +82,7 @@ def test_every_pagination_style_walks_every_page(db: psycopg.Connection, server:
     config = source(f"paged-{style}", "http_json", f"{server.url}/items", records_path="data",
                     pagination=style, page_size=size, chunk_size=25)
     run = ingest(db, config)
-    assert (run["status"], run["inserted"]) == ("succeeded", 95)
+    assert (run["status"], run["inserted"]) == (RunStatus.SUCCEEDED, 95)
     assert set(records(db, config.name)) == {str(i) for i in range(1, 96)}
     assert run["chunks_total"] == 4
 
@@ -97,19 +98,19 @@ def test_429_is_retried_after_retry_after(db: psycopg.Connection, server: LocalH
 
     server.route("/limited", handler)
     run = ingest(db, source("limited", "http_json", f"{server.url}/limited"))
-    assert (run["status"], run["inserted"], len(calls)) == ("succeeded", 5, 2)
+    assert (run["status"], run["inserted"], len(calls)) == (RunStatus.SUCCEEDED, 5, 2)
 
 
 def test_persistent_500_fails_the_run_and_keeps_the_checkpoint(db: psycopg.Connection, server: LocalHTTPServer) -> None:
     healthy = [True]
     server.route("/flaky", lambda _r: Response(200, json.dumps(posts(20))) if healthy[0] else Response(500, b"boom"))
     config = source("flaky", "http_json", f"{server.url}/flaky", incremental_field="id")
-    assert ingest(db, config)["status"] == "succeeded"
+    assert ingest(db, config)["status"] == RunStatus.SUCCEEDED
     assert checkpoint(db, "flaky") == 20
 
     healthy[0] = False
     failed = ingest(db, config, timeout_s=120)
-    assert failed["status"] == "failed"
+    assert failed["status"] == RunStatus.FAILED
     assert "500" in failed["error"]
     assert failed["fetched"] == 0
     assert checkpoint(db, "flaky") == 20
@@ -125,7 +126,7 @@ def test_304_on_rerun_processes_nothing(db: psycopg.Connection, server: LocalHTT
     config = source("etagged", "http_json", f"{server.url}/etag")
     assert ingest(db, config)["inserted"] == 30
     rerun = ingest(db, config)
-    assert (rerun["status"], rerun["fetched"], rerun["chunks_total"]) == ("succeeded", 0, 0)
+    assert (rerun["status"], rerun["fetched"], rerun["chunks_total"]) == (RunStatus.SUCCEEDED, 0, 0)
     assert server.requests[-1].headers.get("if-none-match") == '"v1"'
 
 
@@ -156,7 +157,7 @@ def test_csv_bom_quoted_newlines_latin1_and_broken_rows(db: psycopg.Connection, 
     )
     config = source("csv-mixed", "csv", str(good), types={"age": "int"}, fields={"title": "name", "content": "note"})
     run = ingest(db, config)
-    assert run["status"] == "partial"
+    assert run["status"] == RunStatus.PARTIAL
     assert (run["fetched"], run["inserted"], run["rejected"]) == (5, 3, 2)
     stored = records(db, "csv-mixed")
     assert stored["1"]["content"] == "line one\nline two"
@@ -171,7 +172,7 @@ def test_csv_bom_quoted_newlines_latin1_and_broken_rows(db: psycopg.Connection, 
     assert records(db, "csv-latin")["2"]["title"] == "Ångström"
 
     unchanged = ingest(db, source("csv-latin", "csv", str(latin), fields={"title": "name"}))
-    assert (unchanged["status"], unchanged["fetched"]) == ("succeeded", 0)
+    assert (unchanged["status"], unchanged["fetched"]) == (RunStatus.SUCCEEDED, 0)
 
 
 def test_rss_and_atom_feeds(db: psycopg.Connection, tmp_path: Path) -> None:
@@ -211,7 +212,7 @@ def test_entity_expansion_feed_is_refused(db: psycopg.Connection, tmp_path: Path
     bomb.write_text(f'<?xml version="1.0"?><!DOCTYPE rss [{lol}]><rss><channel><item><title>&lol9;</title>'
                     "</item></channel></rss>")
     run = ingest(db, source("bomb", "rss", str(bomb)))
-    assert run["status"] == "failed"
+    assert run["status"] == RunStatus.FAILED
     assert "entit" in run["error"].lower()
     assert records(db, "bomb") == {}
 
@@ -240,5 +241,5 @@ def test_one_active_run_per_source_is_enforced_by_the_database(db: psycopg.Conne
 
 def test_missing_local_file_fails_clearly(db: psycopg.Connection, tmp_path: Path) -> None:
     run = wait_for_run(db, start_run(db, source("nofile", "csv", str(tmp_path / "nope.csv"))))
-    assert run["status"] == "failed"
+    assert run["status"] == RunStatus.FAILED
     assert "nope.csv" in run["error"]

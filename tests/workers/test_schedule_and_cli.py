@@ -12,6 +12,7 @@ import psycopg
 import pytest
 from celery.schedules import crontab, schedule
 
+from app.core.run_status import RunStatus
 from app.core.sources_config import load_sources
 from app.settings import Settings
 from workers.schedule import build_beat_schedule
@@ -56,12 +57,12 @@ def test_cli_run_wait_exits_0_on_success_and_1_on_failure(db: psycopg.Connection
     env = {"SOURCES_FILE": str(sources)}
     ok = run_cli("run", "people", "--wait", "--timeout", "120", env=env)
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "succeeded" in ok.stdout
+    assert RunStatus.SUCCEEDED in ok.stdout
     assert db.execute("SELECT count(*) FROM records WHERE source = 'people'").fetchone()[0] == 2
 
     bad = run_cli("run", "--wait", "--timeout", "120", env=env)  # every enabled source
     assert bad.returncode == 1, bad.stdout + bad.stderr
-    assert "failed" in bad.stdout
+    assert RunStatus.FAILED in bad.stdout
 
     listing = run_cli("runs", env=env)
     assert listing.returncode == 0 and "people" in listing.stdout and "broken" in listing.stdout

@@ -8,6 +8,7 @@ import os
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from tests.conftest import ARTIFACTS
 from tests.support.http_server import LocalHTTPServer, Request, Response
 from tests.support.pipeline import ingest, source
@@ -43,8 +44,8 @@ def test_header_secret_is_used_upstream_but_never_stored_or_logged(db: psycopg.C
         bad = ingest(db, source("secure-bad", "http_json", f"{server.url}/secure?fail=1", headers=headers))
 
     assert seen_auth[0] == f"Bearer {TOKEN}"  # the secret was really sent upstream
-    assert good["status"] == "succeeded"
-    assert bad["status"] == "failed" and "403" in bad["error"]
+    assert good["status"] == RunStatus.SUCCEEDED
+    assert bad["status"] == RunStatus.FAILED and "403" in bad["error"]
     assert TOKEN not in bad["error"]
     stored = database_text(db)
     assert "${TEST_SOURCE_TOKEN}" in stored  # the reference is kept, so runs are reproducible

@@ -28,7 +28,7 @@ ORDER BY id
 _STALLED_CHUNKS = """
 SELECT c.run_id, c.chunk_no, c.attempts, c.last_error
 FROM raw_chunks c
-JOIN runs r ON r.id = c.run_id AND r.status = %(running)s AND r.chunks_total IS NOT NULL
+JOIN runs r ON r.id = c.run_id AND r.status = %(running_status)s AND r.chunks_total IS NOT NULL
 WHERE c.enqueued_at < now() - make_interval(secs => %(timeout)s)
   AND NOT EXISTS (SELECT 1 FROM chunk_ledger l WHERE l.run_id = c.run_id AND l.chunk_no = c.chunk_no)
 ORDER BY c.run_id, c.chunk_no
@@ -38,13 +38,13 @@ LIMIT 1000
 # A push window whose close message was lost: the window length is far below the timeout.
 _EXPIRED_PUSH_WINDOWS = """
 SELECT id FROM runs
-WHERE trigger = 'webhook' AND status = %(running)s AND chunks_total IS NULL
+WHERE trigger = 'webhook' AND status = %(running_status)s AND chunks_total IS NULL
   AND started_at < now() - make_interval(secs => %(timeout)s)
 """
 
 _COMPLETE_UNFINALIZED = """
 SELECT r.id FROM runs r
-WHERE r.status = %(running)s AND r.chunks_total IS NOT NULL
+WHERE r.status = %(running_status)s AND r.chunks_total IS NOT NULL
   AND (SELECT count(*) FROM chunk_ledger l WHERE l.run_id = r.id) >= r.chunks_total
 """
 
@@ -69,7 +69,7 @@ def reconcile(
 ) -> ReconcileReport:
     """One pass over stalled runs and chunks."""
     report = ReconcileReport()
-    params = {"timeout": timeout_s, "active": list(ACTIVE), "running": RunStatus.RUNNING}
+    params = {"timeout": timeout_s, "active": list(ACTIVE), "running_status": RunStatus.RUNNING}
     for (run_id,) in conn.execute(_STALLED_FETCHES, params).fetchall():
         with conn.transaction():  # reset the clock so the next pass does not send it again at once
             conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = %s", (run_id,))

@@ -56,10 +56,10 @@ def _enqueue_all(run_ids: list[int]) -> list[int]:
 async def _fail_unsent(session: AsyncSession, *, run_ids: list[int], idempotency_key: str | None) -> None:
     await session.execute(
         text(
-            "UPDATE runs SET status = :failed, finished_at = now(), error = 'could not enqueue: broker unavailable' "
-            "WHERE id = ANY(:ids) AND status = :queued"
+            "UPDATE runs SET status = :failed_status, finished_at = now(),"
+            " error = 'could not enqueue: broker unavailable' WHERE id = ANY(:ids) AND status = :queued_status"
         ),
-        {"ids": run_ids, "failed": RunStatus.FAILED.value, "queued": RunStatus.QUEUED.value},
+        {"ids": run_ids, "failed_status": RunStatus.FAILED.value, "queued_status": RunStatus.QUEUED.value},
     )
     if idempotency_key:
         await release_key(session, key=idempotency_key)

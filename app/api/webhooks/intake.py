@@ -48,12 +48,12 @@ _EARLIER_DELIVERY = text(
     "SELECT run_id, accepted FROM webhook_deliveries WHERE source = :source AND webhook_id = :webhook_id"
 )
 _OPEN_WINDOW = text(
-    "SELECT id FROM runs WHERE source = :source AND trigger = 'webhook' AND status = :running"
+    "SELECT id FROM runs WHERE source = :source AND trigger = 'webhook' AND status = :running_status"
     " AND chunks_total IS NULL FOR UPDATE"
 )
 _NEW_WINDOW = text(
     "INSERT INTO runs (source, trigger, status, config, started_at, heartbeat_at)"
-    " VALUES (:source, 'webhook', :running, CAST(:config AS jsonb), now(), now()) RETURNING id"
+    " VALUES (:source, 'webhook', :running_status, CAST(:config AS jsonb), now(), now()) RETURNING id"
 )
 _NEXT_CHUNK = text("SELECT coalesce(max(chunk_no) + 1, 0) FROM raw_chunks WHERE run_id = :run_id")
 _STORE_CHUNK = text(named_params(INSERT_RAW_CHUNK))
@@ -65,7 +65,7 @@ _NOTE_DELIVERY = text(
 
 async def _open_window(session: AsyncSession, source: SourceConfig) -> tuple[int, bool]:
     """The open push run of the source (locked), opening one if none is open."""
-    params = {"source": source.name, "running": RunStatus.RUNNING.value}
+    params = {"source": source.name, "running_status": RunStatus.RUNNING.value}
     for _ in range(3):
         run_id = (await session.execute(_OPEN_WINDOW, params)).scalar()
         if run_id is not None:

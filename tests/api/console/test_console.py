@@ -16,6 +16,7 @@ import httpx
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from tests.support.pipeline import wait_for_run
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -91,7 +92,7 @@ def test_console_in_headless_chromium_runs_a_source(api_server: str, db: psycopg
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{api_server}/")
             posts_row = page.locator('tr.source[data-source="posts"]')
-            assert "succeeded" in posts_row.locator("td.last-status").inner_text()
+            assert RunStatus.SUCCEEDED in posts_row.locator("td.last-status").inner_text()
             assert posts_row.locator("svg.chart rect.bar").count() >= 1
             box = posts_row.locator("svg.chart rect.bar").first.bounding_box()
             assert box is not None and box["height"] > 0  # the chart is actually drawn
@@ -100,7 +101,7 @@ def test_console_in_headless_chromium_runs_a_source(api_server: str, db: psycopg
             assert "never run" in news_row.inner_text()
             page.fill("#api-key", "test-key")
             news_row.locator("button.run-now").click()
-            playwright_api.expect(page.locator("#run-result")).to_contain_text("queued", timeout=10_000)
+            playwright_api.expect(page.locator("#run-result")).to_contain_text(RunStatus.QUEUED, timeout=10_000)
             run_id = int(page.locator("#run-result").inner_text().split()[1])
             wait_for_run(db, run_id)
             page.wait_for_load_state("load")

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from app.core.raw_format import encode_rows
+from app.core.run_status import RunStatus
 from tests.support.pipeline import ingest, records, source
 from workers.pipeline.raw import decode_items, encode_item, load_chunk, store_chunk
 from workers.sources.base import RawItem, TabularRow
@@ -32,7 +33,7 @@ def test_csv_chunks_store_values_once_with_their_columns(db: psycopg.Connection,
 
 
 def test_stored_chunks_read_back_as_the_items_they_were(db: psycopg.Connection) -> None:
-    db.execute("INSERT INTO runs (source, trigger, status, config) VALUES ('s', 'api', 'running', '{}')")
+    db.execute("INSERT INTO runs (source, trigger, status, config) VALUES ('s', 'api', %s, '{}')", (RunStatus.RUNNING,))
     run_id = db.execute("SELECT max(id) FROM runs").fetchone()[0]
     columns = ["id", "v"]
     items = [

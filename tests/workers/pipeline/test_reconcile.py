@@ -8,6 +8,7 @@ import orjson
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from tests.support.pipeline import get_run, records, source, wait_for_run
 from workers.pipeline.finalize import finalize_run
 from workers.pipeline.reconcile import reconcile
@@ -41,14 +42,16 @@ def test_a_queued_run_whose_message_was_lost_is_redriven(db: psycopg.Connection,
     report = reconcile(db, timeout_s=0, **kwargs)
     assert report.fetches_redriven == [run_id] and sent == [run_id]
     run = wait_for_run(db, run_id)
-    assert (run["status"], run["inserted"]) == ("succeeded", 3)
+    assert (run["status"], run["inserted"]) == (RunStatus.SUCCEEDED, 3)
     assert set(records(db, "lost")) == {"1", "2", "3"}
 
 
 def test_a_lost_chunk_is_redriven_and_a_poison_chunk_fails_the_run(db: psycopg.Connection, tmp_path: Path) -> None:
     run_id = make_run(db, tmp_path / "unused.csv")
     items = [[2, {"id": "1", "name": "a"}, None, None], [3, {"id": "2", "name": "b"}, None, None]]
-    db.execute("UPDATE runs SET status = 'running', chunks_total = 2, fetch_state = '{}' WHERE id = %s", (run_id,))
+    db.execute(
+        "UPDATE runs SET status = %s, chunks_total = 2, fetch_state = '{}' WHERE id = %s", (RunStatus.RUNNING, run_id)
+    )
     for chunk_no in (0, 1):
         db.execute(
             "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, attempts) VALUES (%s, %s, 1, %s, %s)",
@@ -60,18 +63,20 @@ def test_a_lost_chunk_is_redriven_and_a_poison_chunk_fails_the_run(db: psycopg.C
     assert report.chunks_redriven == [(run_id, 0)]
     assert report.runs_failed == [run_id]  # chunk 1 already used its 5 attempts
     run = get_run(db, run_id)
-    assert run["status"] == "failed" and "chunk 1 failed after 5 attempts" in run["error"]
+    assert run["status"] == RunStatus.FAILED and "chunk 1 failed after 5 attempts" in run["error"]
 
 
 def test_finalize_is_idempotent(db: psycopg.Connection, tmp_path: Path) -> None:
     run_id = make_run(db, tmp_path / "unused.csv")
-    db.execute("UPDATE runs SET status = 'running', chunks_total = 1, fetch_state = '{}' WHERE id = %s", (run_id,))
+    db.execute(
+        "UPDATE runs SET status = %s, chunks_total = 1, fetch_state = '{}' WHERE id = %s", (RunStatus.RUNNING, run_id)
+    )
     db.execute(
         "INSERT INTO chunk_ledger (run_id, chunk_no, fetched, inserted, updated, unchanged, rejected, max_incremental)"
         " VALUES (%s, 0, 4, 3, 0, 0, 1, '7')",
         (run_id,),
     )
-    assert finalize_run(db, run_id) == "partial"
+    assert finalize_run(db, run_id) == RunStatus.PARTIAL
     first = get_run(db, run_id)
     assert finalize_run(db, run_id) is None  # second call: nothing changes
     assert get_run(db, run_id) == first

@@ -10,6 +10,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from app.core.sources_config import SourceConfig
 from workers.pipeline.normalize.coerce import COERCERS, NULLABLE_COERCERS, CoercionError, is_empty
 from workers.pipeline.normalize.normalizer import Normalizer
@@ -21,9 +22,10 @@ SOURCE = SourceConfig(name="people", kind="csv", url="/tmp/people.csv", id_field
 
 
 def new_run(db: psycopg.Connection) -> int:
-    db.execute("UPDATE runs SET status = 'succeeded' WHERE source = 'people'")
+    db.execute("UPDATE runs SET status = %s WHERE source = 'people'", (RunStatus.SUCCEEDED,))
     row = db.execute(
-        "INSERT INTO runs (source, trigger, status, config) VALUES ('people', 'api', 'running', '{}') RETURNING id"
+        "INSERT INTO runs (source, trigger, status, config) VALUES ('people', 'api', %s, '{}') RETURNING id",
+        (RunStatus.RUNNING,),
     ).fetchone()
     assert row is not None
     return int(row[0])

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import psycopg
 
+from app.core.run_status import RunStatus
 from app.core.runs import create_run
 from tests.support.pipeline import get_run, records, source
 from workers.pipeline.fetch.stage import fetch_run
@@ -37,7 +38,7 @@ def test_a_redriven_fetch_cuts_the_same_chunks(db: psycopg.Connection, database:
         first = create_run(conn, config, "api")["id"]
         for chunk_no in fetch(first):
             chunk_stage.normalize_and_upsert(conn, first, chunk_no)
-        assert get_run(db, first)["status"] == "succeeded"
+        assert get_run(db, first)["status"] == RunStatus.SUCCEEDED
 
         for i in range(0, 40, 4):  # ten changed rows: two chunks of five
             rows[i][1] = f"renamed {i + 1}"
@@ -51,6 +52,6 @@ def test_a_redriven_fetch_cuts_the_same_chunks(db: psycopg.Connection, database:
         chunk_stage.normalize_and_upsert(conn, second, 1)
 
     run = get_run(db, second)
-    assert (run["status"], run["chunks_total"]) == ("succeeded", 2)
+    assert (run["status"], run["chunks_total"]) == (RunStatus.SUCCEEDED, 2)
     assert (run["fetched"], run["updated"], run["unchanged"]) == (40, 10, 30)
     assert {key: rec["title"] for key, rec in records(db, "people").items()} == {row[0]: row[1] for row in rows}

@@ -7,6 +7,7 @@ import json
 import psycopg
 import pytest
 
+from app.core.run_status import RunStatus
 from app.core.runs import SourcePaused, create_run
 from tests.support.http_server import LocalHTTPServer, Response
 from tests.support.pipeline import ingest, records, rejects, source
@@ -45,7 +46,7 @@ def test_record_policy_logs_added_removed_and_type_changed(db: psycopg.Connectio
         row["color"] = "red"
         row["score"] = str(row["score"])
     second = ingest(db, config)
-    assert second["status"] == "succeeded" and second["updated"] == 20
+    assert second["status"] == RunStatus.SUCCEEDED and second["updated"] == 20
     assert drift(db, "things") == [("added", "color", None, "str"), ("type_changed", "score", "number", "str")]
 
     for row in rows:
@@ -62,7 +63,7 @@ def test_reject_policy_rejects_records_that_no_longer_fit(db: psycopg.Connection
     rows[0]["extra"] = True
     rows[1]["score"] = "not a number"
     run = ingest(db, config)
-    assert (run["status"], run["rejected"], run["unchanged"]) == ("partial", 2, 18)
+    assert (run["status"], run["rejected"], run["unchanged"]) == (RunStatus.PARTIAL, 2, 18)
     found = sorted((r["reason"], r["field"], r["external_id"]) for r in rejects(db, run["id"]))
     assert found == [("schema_drift", "extra", "1"), ("schema_drift", "score", "2")]
     assert records(db, "strict")["2"]["data"]["score"] == 3.0  # the stored record kept its good version
@@ -75,9 +76,9 @@ def test_pause_policy_disables_the_source_until_resumed(db: psycopg.Connection, 
     ingest(db, config)
     rows[0]["surprise"] = 1
     run = ingest(db, config)
-    assert run["status"] == "succeeded"
+    assert run["status"] == RunStatus.SUCCEEDED
     assert "paused" in run["error"] and "added surprise" in run["error"]
     with pytest.raises(SourcePaused):
         create_run(db, config, "schedule")
     db.execute("UPDATE sources SET paused_reason = NULL WHERE name = 'careful'")  # what `app.cli resume` does
-    assert ingest(db, config)["status"] == "succeeded"
+    assert ingest(db, config)["status"] == RunStatus.SUCCEEDED
