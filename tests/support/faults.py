@@ -346,22 +346,30 @@ class PostgresCluster:
         self.bin = PG_BIN
         self.label = label
         self.port = free_port()
-        self.base = Path(tempfile.mkdtemp(prefix=f"ingest-{label}-pg-"))
+        # initdb and postgres refuse to run as root: as root they run as `postgres`, which may
+        # not enter the checkout (a clone under `mktemp -d` is root's alone) nor $TMPDIR. So
+        # the data directory, the socket and the log all live in one fresh directory under
+        # /tmp that `postgres` owns; the log is copied to test-artifacts/ by destroy().
+        self.as_postgres = os.geteuid() == 0
+        self.base = Path(tempfile.mkdtemp(prefix=f"ingest-{label}-pg-", dir="/tmp" if self.as_postgres else None))
         self.data = self.base / "data"
-        self.log = ARTIFACTS / f"{label}-postgres.log"
-        ARTIFACTS.mkdir(exist_ok=True)
-        self.log.touch()
-        if os.geteuid() == 0:  # initdb and postgres refuse to run as root: they run as `postgres`
+        self.log = self.base / "postgres.log"
+        if self.as_postgres:
             shutil.chown(self.base, "postgres", "postgres")
-            shutil.chown(self.log, "postgres", "postgres")
 
     def _run(self, *argv: str, timeout_s: float = 120) -> None:
         command = list(argv)
-        if os.geteuid() == 0:
+        if self.as_postgres:
             command = ["runuser", "-u", "postgres", "--", *command]
-        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        # cwd: pg_ctl and postgres change back to their starting directory, which must be
+        # one they can enter (by default it is pytest's, the checkout).
+        result = subprocess.run(command, cwd=self.base, capture_output=True, text=True, timeout=timeout_s)
         if result.returncode != 0:
-            raise RuntimeError(f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+            log = self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+            raise RuntimeError(
+                f"{' '.join(argv)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
+                f"{self.log}:\n{log}"
+            )
 
     def url(self, dbname: str = "ingest") -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{dbname}"
@@ -386,10 +394,16 @@ class PostgresCluster:
             self._run(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop")
 
     def destroy(self) -> None:
+        """Stop the server, keep its log as test-artifacts/<label>-postgres.log, remove the rest."""
         try:
             self.stop()
         finally:
-            shutil.rmtree(self.base, ignore_errors=True)
+            try:
+                if self.log.exists():
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    shutil.copyfile(self.log, ARTIFACTS / f"{self.label}-postgres.log")
+            finally:
+                shutil.rmtree(self.base, ignore_errors=True)
 
 
 def producer_for(broker: str) -> Celery:
