@@ -1,9 +1,4 @@
-"""Upsert: write one normalised chunk, its rejections and its ledger row in ONE transaction.
-
-The ledger row (run_id, chunk_no) is inserted first: a second delivery of the same
-chunk either finds it committed (and does nothing) or waits on the first delivery's
-unique-index entry and then finds it. So a chunk that runs twice changes nothing the
-second time.
+"""Records: write a chunk's records, leaving out those stored unchanged.
 
 Records whose stored content hash is the same are dropped first (one query per chunk):
 unchanged records cost no write and no index churn. The rest travel by COPY: straight
@@ -14,15 +9,14 @@ did not change; `xmax = 0` in RETURNING tells inserts from updates.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import psycopg
 
 from workers.pipeline.fetch.raw_digest import DIGEST_BYTES
-from workers.pipeline.normalize.normalizer import NormalizedChunk, NormalizedRecord
+from workers.pipeline.normalize.normalizer import NormalizedRecord
+from workers.pipeline.upsert.nul import _NUL, _REPLACEMENT, _json_text, _strip_nul
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_records (
@@ -65,7 +59,7 @@ SELECT count(*) FILTER (WHERE is_insert), count(*) FILTER (WHERE NOT is_insert) 
 
 # A chunk whose keys look new (see _STORED_HASHES) is first copied straight into records,
 # as the reference load would: no staging table, and no speculative insertion (ON
-# CONFLICT costs about a quarter more PostgreSQL CPU per row). If any key exists after all
+# CONFLICT costs PostgreSQL more CPU per row). If any key exists after all
 # (stored meanwhile by a concurrent chunk with the same id), the unique index refuses the
 # COPY, its savepoint is rolled back, and the chunk takes the staged upsert: the outcome
 # is the same, only slower.
@@ -80,7 +74,7 @@ _COPY_STAGE = (
 )
 
 # A re-run sends mostly records that did not change. Comparing their hashes first (an index
-# probe each) costs about a third of staging them: an unchanged row that reaches the upsert
+# probe each) costs far less than staging them: an unchanged row that reaches the upsert
 # still costs a COPY row, a generated tsvector, a conflict check and a row lock. A first
 # load has nothing to compare with, so a few evenly spaced keys are probed first, and when
 # none of them is stored the chunk is taken for new records. Dropping rows here is only
@@ -119,46 +113,17 @@ FROM unnest(%(keys)s::text[], %(digests)s::bytea[]) AS d(id, digest)
 WHERE r.source = %(source)s AND r.external_id = d.id
 """
 
-_COPY_REJECTS = (
-    "COPY rejected_records (run_id, source, chunk_no, line_no, external_id, reason, field, message, raw) FROM STDIN"
-)
 
-
-@dataclass(frozen=True)
-class ChunkCounts:
-    fetched: int
-    inserted: int
-    updated: int
-    unchanged: int
-    rejected: int
-
-
-_NUL = "\x00"
-_REPLACEMENT = "\ufffd"
-
-
-def _scrub(value: Any) -> Any:
-    """Replace NUL characters, which PostgreSQL text and jsonb cannot hold."""
-    if isinstance(value, str):
-        return value.replace(_NUL, _REPLACEMENT)
-    if isinstance(value, dict):
-        return {_scrub(str(k)): _scrub(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_scrub(v) for v in value]
-    return value
-
-
-def _json_text(value: Any) -> str | None:
-    if value is None:
-        return None
-    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
-    if b"\\u0000" in text:  # rare: only then pay for a scrubbing pass
-        text = orjson.dumps(_scrub(value), option=orjson.OPT_NON_STR_KEYS)
-    return text.decode()
-
-
-def _strip_nul(text: str | None) -> str | None:
-    return text.replace(_NUL, _REPLACEMENT) if text and _NUL in text else text
+def write_records(
+    conn: psycopg.Connection, *, source: str, run_id: int, records: list[NormalizedRecord]
+) -> tuple[int, int]:
+    """Write the chunk's records that differ from the stored ones; (inserted, updated)."""
+    if not records:
+        return 0, 0
+    changed, look_new = _without_unchanged(conn, source, run_id, records)
+    if not changed:
+        return 0, 0
+    return _write_records(conn, source=source, run_id=run_id, records=changed, look_new=look_new)
 
 
 def _stage_row(rec: NormalizedRecord) -> tuple[Any, ...]:
@@ -188,8 +153,8 @@ def _without_unchanged(
         return records, True  # a first load (or new records): nothing to compare with
     hashes = b"".join(rec.content_hash for rec in records)
     assert len(hashes) == 32 * len(records)  # SHA-256 digests
-    # Thousands of probes add up to a plan cost above jit_above_cost, and compiling it took
-    # longer (8 ms a chunk) than it saved. Transaction-scoped.
+    # Thousands of probes add up to a plan cost above jit_above_cost, and compiling that
+    # plan costs more than it saves. Transaction-scoped.
     conn.execute("SET LOCAL jit = off")
     digests = b"".join(rec.raw_digest or _NO_DIGEST for rec in records)
     differing = conn.execute(
@@ -228,74 +193,3 @@ def _write_records(
             write_row(_stage_row(rec))
     inserted, updated = conn.execute(_UPSERT_SQL, {"source": source, "run_id": run_id}).fetchone()  # type: ignore[misc]
     return inserted, updated
-
-
-def write_chunk(
-    conn: psycopg.Connection,
-    *,
-    run_id: int,
-    chunk_no: int,
-    source: str,
-    fetched: int,
-    chunk: NormalizedChunk,
-    skipped: int = 0,
-    started: float | None = None,
-) -> ChunkCounts | None:
-    """Commit one chunk; return its counts, or None when it was already committed or the
-    run is no longer active (failed runs take no more data). `fetched` counts the chunk's
-    rows, `skipped` the rows the fetch stage recognised unchanged and left out before it
-    (both are fetched; the skipped are unchanged). `started` (time.monotonic() when the
-    chunk's task began) gives the ledger's duration_ms."""
-    with conn.transaction():
-        # FOR KEY SHARE: chunks commit concurrently, and the fetch stage's heartbeat (an UPDATE
-        # of non-key columns) does not wait for them, but finalize/fail (FOR UPDATE) wait for
-        # in-flight chunks, so a run's counts always equal the sum of its ledger.
-        active = conn.execute(
-            "SELECT 1 FROM runs WHERE id = %s AND status = 'running' FOR KEY SHARE", (run_id,)
-        ).fetchone()
-        if active is None:
-            return None
-        claimed = conn.execute(
-            "INSERT INTO chunk_ledger (run_id, chunk_no, fetched, inserted, updated, unchanged, rejected)"
-            " VALUES (%s, %s, 0, 0, 0, 0, 0) ON CONFLICT DO NOTHING RETURNING 1",
-            (run_id, chunk_no),
-        ).fetchone()
-        if claimed is None:
-            return None
-        inserted = updated = 0
-        changed, look_new = _without_unchanged(conn, source, run_id, chunk.records) if chunk.records else ([], False)
-        if changed:
-            inserted, updated = _write_records(conn, source=source, run_id=run_id, records=changed, look_new=look_new)
-        if chunk.rejections:
-            with conn.cursor().copy(_COPY_REJECTS) as copy:
-                for rej in chunk.rejections:
-                    copy.write_row(
-                        (
-                            run_id, source, chunk_no, rej.line_no, _strip_nul(rej.external_id), rej.reason,
-                            rej.field, _strip_nul(rej.message), _strip_nul(_json_text(rej.raw)),
-                        )
-                    )
-        rejected = len(chunk.rejections)
-        counts = ChunkCounts(
-            fetched=fetched + skipped,
-            inserted=inserted,
-            updated=updated,
-            unchanged=fetched + skipped - inserted - updated - rejected,
-            rejected=rejected,
-        )
-        conn.execute(
-            "UPDATE chunk_ledger SET fetched = %s, inserted = %s, updated = %s, unchanged = %s, rejected = %s,"
-            " skipped = %s, max_incremental = %s::jsonb, observed_fields = %s::jsonb, committed_at = now(),"
-            " duration_ms = %s WHERE run_id = %s AND chunk_no = %s",
-            (counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.rejected, skipped,
-             _json_text(chunk.max_incremental), _json_text(chunk.observed),
-             None if started is None else round((time.monotonic() - started) * 1000), run_id, chunk_no),
-        )
-        if inserted or rejected:
-            conn.execute(
-                "INSERT INTO source_stats (source, records, rejected) VALUES (%s, %s, %s)"
-                " ON CONFLICT (source) DO UPDATE SET records = source_stats.records + excluded.records,"
-                " rejected = source_stats.rejected + excluded.rejected",
-                (source, inserted, rejected),
-            )
-    return counts

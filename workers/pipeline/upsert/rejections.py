@@ -1,0 +1,28 @@
+"""Rejections: a chunk's rejected rows, kept with their reason and raw data for inspection."""
+
+from __future__ import annotations
+
+import psycopg
+
+from workers.pipeline.normalize.normalizer import Rejection
+from workers.pipeline.upsert.nul import _json_text, _strip_nul
+
+_COPY_REJECTS = (
+    "COPY rejected_records (run_id, source, chunk_no, line_no, external_id, reason, field, message, raw) FROM STDIN"
+)
+
+
+def write_rejections(
+    conn: psycopg.Connection, *, run_id: int, source: str, chunk_no: int, rejections: list[Rejection]
+) -> None:
+    """Copy the chunk's rejections into rejected_records."""
+    if not rejections:
+        return
+    with conn.cursor().copy(_COPY_REJECTS) as copy:
+        for rej in rejections:
+            copy.write_row(
+                (
+                    run_id, source, chunk_no, rej.line_no, _strip_nul(rej.external_id), rej.reason,
+                    rej.field, _strip_nul(rej.message), _strip_nul(_json_text(rej.raw)),
+                )
+            )
