@@ -15,6 +15,8 @@ import psycopg
 import structlog
 from psycopg.rows import dict_row
 
+from app.core.redaction import redact
+from app.core.run_status import ACTIVE, RunStatus
 from app.core.sources_config import SourceConfig
 from workers.pipeline.fetch.buffer import ChunkBuffer, EnqueueChunk
 from workers.pipeline.fetch.sifter import Sifter
@@ -28,9 +30,9 @@ from workers.sources.registry import extract
 log = structlog.get_logger(__name__)
 
 _CLAIM_FETCH = """
-UPDATE runs SET status = 'running', started_at = coalesce(started_at, now()), heartbeat_at = now(),
+UPDATE runs SET status = %(running_status)s, started_at = coalesce(started_at, now()), heartbeat_at = now(),
        fetch_attempts = fetch_attempts + 1
-WHERE id = %s AND status IN ('queued', 'running') AND chunks_total IS NULL
+WHERE id = %(run_id)s AND status = ANY(%(active)s) AND chunks_total IS NULL
 RETURNING *
 """
 
@@ -44,7 +46,7 @@ class FetchOutcome:
 
 def _claim(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_CLAIM_FETCH, (run_id,))
+        cur.execute(_CLAIM_FETCH, {"run_id": run_id, "running_status": RunStatus.RUNNING, "active": list(ACTIVE)})
         return cur.fetchone()
 
 
@@ -67,7 +69,7 @@ def fetch_run(
         return None
     if run["fetch_attempts"] > max_attempts:
         fail_run(conn, run_id, f"fetch gave up after {max_attempts} attempts (worker lost or timed out each time)")
-        return FetchOutcome(chunks=0, not_modified=False, status="failed")
+        return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
     source = SourceConfig(**run["config"])
     state = load_state(conn, source.name)
     try:
@@ -76,10 +78,10 @@ def fetch_run(
         if not extraction.not_modified:
             chunks = _store_and_fan_out(conn, run_id, source, state, extraction, enqueue_chunk)
     except SourceError as exc:
-        message = f"{type(exc).__name__}: {_redact(str(exc), source)}"
+        message = f"{type(exc).__name__}: {redact(str(exc), source.secret_values())}"
         fail_run(conn, run_id, message)
         log.warning("fetch_failed", run_id=run_id, source=source.name, error=message)
-        return FetchOutcome(chunks=0, not_modified=False, status="failed")
+        return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
     fetch_state = dict(extraction.new_state)
     with conn.transaction():
         conn.execute(
@@ -119,8 +121,3 @@ def _store_and_fan_out(
         sifter.close()
         return buffer.close()
 
-
-def _redact(message: str, source: SourceConfig) -> str:
-    for secret in source.secret_values():
-        message = message.replace(secret, "***")
-    return message

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import psycopg
 
+from app.core.run_status import RunStatus
+
 
 def claim(conn: psycopg.Connection, *, run_id: int, chunk_no: int) -> bool:
     """Whether this delivery writes the chunk: the run is active and the chunk's ledger row
@@ -18,7 +20,7 @@ def claim(conn: psycopg.Connection, *, run_id: int, chunk_no: int) -> bool:
     # of non-key columns) does not wait for them, but finalize/fail (FOR UPDATE) wait for
     # in-flight chunks, so a run's counts always equal the sum of its ledger.
     active = conn.execute(
-        "SELECT 1 FROM runs WHERE id = %s AND status = 'running' FOR KEY SHARE", (run_id,)
+        "SELECT 1 FROM runs WHERE id = %s AND status = %s FOR KEY SHARE", (run_id, RunStatus.RUNNING)
     ).fetchone()
     if active is None:
         return False  # failed runs take no more data
