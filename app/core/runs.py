@@ -2,19 +2,16 @@
 
 The partial unique index `runs_one_active_per_source` lets at most one queued/running
 run exist per source; a second attempt gets ActiveRunExists naming the run it met.
+The API runs the same SQL on its async session (app/api/run_creation.py).
 """
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg.rows import dict_row
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.core.sources_config import SourceConfig
 
@@ -104,55 +101,3 @@ def run_to_api(run: dict[str, Any]) -> dict[str, Any]:
         "counts": {key: run[key] for key in ("fetched", "inserted", "updated", "unchanged", "rejected")},
         "error": run["error"],
     }
-
-
-# --- async variant for the API (SQLAlchemy + asyncpg) -----------------------------------
-
-
-def _named_params(sql: str) -> str:
-    """The psycopg SQL above in SQLAlchemy's `:name` style (CAST, since `:x::jsonb` misparses)."""
-    sql = re.sub(r"%\((\w+)\)s::(\w+)", r"CAST(:\1 AS \2)", sql)
-    return re.sub(r"%\((\w+)\)s", r":\1", sql)
-
-
-INSERT_RUN_SQL_NAMED = _named_params(INSERT_RUN_SQL)
-ACTIVE_RUN_SQL_NAMED = _named_params(ACTIVE_RUN_SQL)
-PAUSED_REASON_SQL_NAMED = _named_params(PAUSED_REASON_SQL)
-ACTIVE_RUN_CONSTRAINT = "runs_one_active_per_source"
-
-
-def _is_active_run_violation(exc: IntegrityError) -> bool:
-    cause = exc.orig.__cause__ if exc.orig is not None else None
-    return getattr(exc.orig, "sqlstate", None) == "23505" and (
-        getattr(cause, "constraint_name", ACTIVE_RUN_CONSTRAINT) == ACTIVE_RUN_CONSTRAINT
-    )
-
-
-async def create_run_async(
-    session: AsyncSession,
-    *,
-    source: SourceConfig,
-    trigger: str,
-    idempotency_key: str | None = None,
-    _retry: bool = True,
-) -> dict[str, Any]:
-    """Insert a queued run in the caller's transaction (savepoint); ActiveRunExists if busy."""
-    try:
-        async with session.begin_nested():
-            result = await session.execute(text(INSERT_RUN_SQL_NAMED), run_params(source, trigger, idempotency_key))
-            created = result.mappings().first()
-            if created is not None:
-                return dict(created)
-        reason = (await session.execute(text(PAUSED_REASON_SQL_NAMED), {"source": source.name})).scalar()
-        raise SourcePaused(source.name, reason)
-    except IntegrityError as exc:
-        if not _is_active_run_violation(exc):
-            raise
-    active = (await session.execute(text(ACTIVE_RUN_SQL_NAMED), {"source": source.name})).mappings().first()
-    if active is None and _retry:  # it finished between our insert and our look: retry once
-        return await create_run_async(
-            session, source=source, trigger=trigger, idempotency_key=idempotency_key, _retry=False
-        )
-    if active is None:
-        raise ActiveRunExists({"id": "?", "source": source.name, "status": "active"})
-    raise ActiveRunExists(dict(active))

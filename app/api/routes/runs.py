@@ -15,9 +15,10 @@ from app.api.errors import ApiError
 from app.api.idempotency import claim_key, release_key, request_hash, store_response
 from app.api.listing import newest_rows
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
+from app.api.run_creation import create_run_async
 from app.api.schemas import Run, RunList, RunsRequest, RunStatus, SourceFilter
 from app.core.enqueue import enqueue_fetch
-from app.core.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run_async, run_to_api
+from app.core.runs import RUN_COLUMNS, ActiveRunExists, SourcePaused, run_to_api
 from app.core.sources_config import SourceConfig
 from app.db.session import Queryable
 
