@@ -26,9 +26,10 @@ run: $(STAMP) ## Run API, worker, beat and Flower locally; ingest the default so
 test: $(STAMP) ## Full test suite against real PostgreSQL, Redis and a real Celery worker
 	$(PY) -m pytest
 
-lint: $(STAMP) ## ruff and mypy
+lint: $(STAMP) ## ruff, mypy and the import layers (lint-imports)
 	$(VENV)/bin/ruff check app workers tests scripts celeryconfig.py
 	$(VENV)/bin/mypy app workers celeryconfig.py
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP) ## Performance benchmark (1M-row CSV, 100k JSON API, API latency); writes docs/benchmarks.md
 	$(PY) scripts/bench.py
@@ -49,5 +50,5 @@ logs: ## Follow docker compose logs
 	docker compose logs -f --tail=100
 
 clean: ## Remove caches, test artifacts and the virtualenv
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache test-artifacts bench-out
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache test-artifacts bench-out
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -2,21 +2,19 @@
 
 The partial unique index `runs_one_active_per_source` lets at most one queued/running
 run exist per source; a second attempt gets ActiveRunExists naming the run it met.
+The API runs the same SQL on its async session (app/api/run_creation.py).
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from typing import Any
 
 import orjson
 import psycopg
 from psycopg.rows import dict_row
-from sqlalchemy import text
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.core.run_status import ACTIVE
 from app.core.sources_config import SourceConfig
 
 INSERT_RUN_SQL = """
@@ -28,7 +26,12 @@ RETURNING *
 
 PAUSED_REASON_SQL = "SELECT paused_reason FROM sources WHERE name = %(source)s"
 
-ACTIVE_RUN_SQL = "SELECT * FROM runs WHERE source = %(source)s AND status IN ('queued', 'running')"
+ACTIVE_RUN_SQL = "SELECT * FROM runs WHERE source = %(source)s AND status = ANY(%(active)s)"
+
+
+def active_run_params(source: SourceConfig) -> dict[str, Any]:
+    """The parameters of ACTIVE_RUN_SQL."""
+    return {"source": source.name, "active": list(ACTIVE)}
 
 RUN_COLUMNS = (
     "id, source, trigger, status, created_at, started_at, finished_at, "
@@ -78,7 +81,7 @@ def create_run(
             conn.commit()
         except psycopg.errors.UniqueViolation:
             conn.rollback()
-            cur.execute(ACTIVE_RUN_SQL, {"source": source.name})
+            cur.execute(ACTIVE_RUN_SQL, active_run_params(source))
             active = cur.fetchone()
             conn.rollback()
             if active is None:  # finished between our insert and our look: rare, retry once
@@ -109,55 +112,3 @@ def run_to_api(run: Mapping[str, Any], *, isoformat: bool = True) -> dict[str, A
         "counts": {key: run[key] for key in COUNT_KEYS},
         "error": run["error"],
     }
-
-
-# --- async variant for the API (SQLAlchemy + asyncpg) -----------------------------------
-
-
-def _named_params(sql: str) -> str:
-    """The psycopg SQL above in SQLAlchemy's `:name` style (CAST, since `:x::jsonb` misparses)."""
-    sql = re.sub(r"%\((\w+)\)s::(\w+)", r"CAST(:\1 AS \2)", sql)
-    return re.sub(r"%\((\w+)\)s", r":\1", sql)
-
-
-INSERT_RUN_SQL_NAMED = _named_params(INSERT_RUN_SQL)
-ACTIVE_RUN_SQL_NAMED = _named_params(ACTIVE_RUN_SQL)
-PAUSED_REASON_SQL_NAMED = _named_params(PAUSED_REASON_SQL)
-ACTIVE_RUN_CONSTRAINT = "runs_one_active_per_source"
-
-
-def _is_active_run_violation(exc: IntegrityError) -> bool:
-    cause = exc.orig.__cause__ if exc.orig is not None else None
-    return getattr(exc.orig, "sqlstate", None) == "23505" and (
-        getattr(cause, "constraint_name", ACTIVE_RUN_CONSTRAINT) == ACTIVE_RUN_CONSTRAINT
-    )
-
-
-async def create_run_async(
-    session: AsyncSession,
-    *,
-    source: SourceConfig,
-    trigger: str,
-    idempotency_key: str | None = None,
-    _retry: bool = True,
-) -> dict[str, Any]:
-    """Insert a queued run in the caller's transaction (savepoint); ActiveRunExists if busy."""
-    try:
-        async with session.begin_nested():
-            result = await session.execute(text(INSERT_RUN_SQL_NAMED), run_params(source, trigger, idempotency_key))
-            created = result.mappings().first()
-            if created is not None:
-                return dict(created)
-        reason = (await session.execute(text(PAUSED_REASON_SQL_NAMED), {"source": source.name})).scalar()
-        raise SourcePaused(source.name, reason)
-    except IntegrityError as exc:
-        if not _is_active_run_violation(exc):
-            raise
-    active = (await session.execute(text(ACTIVE_RUN_SQL_NAMED), {"source": source.name})).mappings().first()
-    if active is None and _retry:  # it finished between our insert and our look: retry once
-        return await create_run_async(
-            session, source=source, trigger=trigger, idempotency_key=idempotency_key, _retry=False
-        )
-    if active is None:
-        raise ActiveRunExists({"id": "?", "source": source.name, "status": "active"})
-    raise ActiveRunExists(dict(active))

@@ -14,10 +14,11 @@ from app.api.deps import ApiKeyDep, ReadConnectionDep, SessionDep, SourcesDep
 from app.api.errors import ApiError
 from app.api.idempotency import claim_key, release_key, request_hash, store_response
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
+from app.api.run_creation import create_run_async
 from app.api.schemas import Run, RunList, RunsRequest, SourceFilter
 from app.core.enqueue import enqueue_fetch
 from app.core.run_status import RunStatus
-from app.core.runs import ActiveRunExists, SourcePaused, create_run_async, run_to_api
+from app.core.runs import ActiveRunExists, SourcePaused, run_to_api
 from app.core.selection import NotRunnable, UnknownSources, select_sources
 from app.core.sources_config import SourceConfig
 from app.db.queries import active_runs, get_run, list_runs

@@ -20,10 +20,10 @@ from typing import Any
 import orjson
 
 from app.core.sources_config import SourceConfig
+from app.core.text import NUL, stored_key
 from workers.sources.base import RawItem, RowBatch, dotted_get
 
 DIGEST_BYTES = 16  # 128 bits: collisions are out of reach for any number of rows we will see
-_NUL, _REPLACEMENT = "\x00", "\ufffd"
 _NORMALISING_CODE = ("normalizer.py", "coerce.py")  # in workers/pipeline/normalize/
 
 
@@ -121,7 +121,7 @@ class RowDigester:
             return [None] * len(digests), digests
         keys: list[str | None] = [values[index] for values in batch.values]
         # One check of the whole batch usually clears every id (see _usable_key).
-        if not all(keys) or any(map(str.isspace, keys)) or _NUL in "".join(keys):  # type: ignore[arg-type]
+        if not all(keys) or any(map(str.isspace, keys)) or NUL in "".join(keys):  # type: ignore[arg-type]
             keys = [_usable_key(key) for key in keys]  # type: ignore[arg-type]
         return keys, digests
 
@@ -137,7 +137,7 @@ class RowDigester:
 
 
 def _usable_key(identity: str) -> str | None:
-    """A string id as the normaliser stores it (NUL replaced); None when empty or blank."""
+    """A string id as the records table stores it (stored_key); None when empty or blank."""
     if not identity or identity.isspace():
         return None
-    return identity.replace(_NUL, _REPLACEMENT) if _NUL in identity else identity
+    return stored_key(identity)

@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 import psycopg
 
+from app.core.text import stored_key
 from workers.pipeline.fetch.raw_digest import DIGEST_BYTES
 from workers.pipeline.normalize.normalizer import NormalizedRecord
-from workers.pipeline.upsert.nul import _NUL, _REPLACEMENT, _json_text, _strip_nul
+from workers.pipeline.upsert.nul import _json_text, _strip_nul
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_records (
@@ -147,7 +148,7 @@ def _without_unchanged(
     """The records whose content hash differs from the stored one (or that are not stored),
     and whether they look new (no probed key stored). Refreshes the raw digest of records
     whose content is unchanged but whose digest is not."""
-    keys = [rec.external_id.replace(_NUL, _REPLACEMENT) for rec in records]  # as stored
+    keys = [stored_key(rec.external_id) for rec in records]  # as stored
     probes = keys[:: max(1, len(keys) // _PROBES)]
     if not any(stored for _, stored in conn.execute(_STORED_HASHES, (source, probes))):
         return records, True  # a first load (or new records): nothing to compare with
