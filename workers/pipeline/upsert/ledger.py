@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import psycopg
 
+from app.core.text import stored_json
 from workers.pipeline.normalize.normalizer import NormalizedChunk
-from workers.pipeline.upsert.nul import _json_text
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ def record_counts(
         " skipped = %s, max_incremental = %s::jsonb, observed_fields = %s::jsonb, committed_at = now(),"
         " duration_ms = %s WHERE run_id = %s AND chunk_no = %s",
         (counts.fetched, counts.inserted, counts.updated, counts.unchanged, counts.rejected, skipped,
-         _json_text(chunk.max_incremental), _json_text(chunk.observed),
+         stored_json(chunk.max_incremental), stored_json(chunk.observed),
          None if started is None else round((time.monotonic() - started) * 1000), run_id, chunk_no),
     )
     if counts.inserted or counts.rejected:

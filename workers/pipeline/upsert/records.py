@@ -14,10 +14,9 @@ from typing import Any
 import orjson
 import psycopg
 
-from app.core.text import stored_key
+from app.core.text import stored_json, stored_key, stored_text
 from workers.pipeline.fetch.raw_digest import DIGEST_BYTES
 from workers.pipeline.normalize.normalizer import NormalizedRecord
-from workers.pipeline.upsert.nul import _json_text, _strip_nul
 
 _STAGE_DDL = """
 CREATE TEMP TABLE IF NOT EXISTS stage_records (
@@ -136,7 +135,7 @@ def _stage_row(rec: NormalizedRecord) -> tuple[Any, ...]:
     # JSON text clears the whole row. Only a row that holds one pays for scrubbing.
     if "\\u0000" in data:
         texts = (rec.external_id, rec.title, rec.content, rec.author, rec.url)
-        return (*(_strip_nul(text) for text in texts), rec.published_at, _json_text(rec.data), rec.content_hash,
+        return (*(stored_text(text) for text in texts), rec.published_at, stored_json(rec.data), rec.content_hash,
                 rec.raw_digest)
     return (rec.external_id, rec.title, rec.content, rec.author, rec.url, rec.published_at, data,
             rec.content_hash, rec.raw_digest)

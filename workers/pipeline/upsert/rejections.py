@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
+from app.core.text import stored_json, stored_text
 from workers.pipeline.normalize.normalizer import Rejection
-from workers.pipeline.upsert.nul import _json_text, _strip_nul
 
 _COPY_REJECTS = (
     "COPY rejected_records (run_id, source, chunk_no, line_no, external_id, reason, field, message, raw) FROM STDIN"
@@ -22,7 +22,7 @@ def write_rejections(
         for rej in rejections:
             copy.write_row(
                 (
-                    run_id, source, chunk_no, rej.line_no, _strip_nul(rej.external_id), rej.reason,
-                    rej.field, _strip_nul(rej.message), _strip_nul(_json_text(rej.raw)),
+                    run_id, source, chunk_no, rej.line_no, stored_text(rej.external_id), rej.reason,
+                    rej.field, stored_text(rej.message), stored_text(stored_json(rej.raw)),
                 )
             )
