@@ -69,7 +69,14 @@ def database(settings: Settings) -> Iterator[str]:
 def db(database: str) -> Iterator[psycopg.Connection]:
     """A connection to a freshly emptied test database (and an emptied test Redis db)."""
     with psycopg.connect(database, autocommit=True) as conn:
-        conn.execute(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE")
+        for attempt in range(5):
+            try:  # a worker still finishing an earlier test's run may lock tables in another order
+                conn.execute(f"TRUNCATE {DATA_TABLES} RESTART IDENTITY CASCADE")
+                break
+            except psycopg.errors.DeadlockDetected:
+                if attempt == 4:
+                    raise
+                time.sleep(0.2)
         redis.Redis.from_url(os.environ["REDIS_URL"]).flushdb()
         yield conn
 

@@ -59,7 +59,7 @@ async def test_no_keys_configured_is_401_saying_so(make_client, db):
         ({"Authorization": f"bearer {HASHED_KEY}"}, "posts"),
     ],
 )
-async def test_plain_and_hashed_keys_create_a_queued_run(client, db, idle_broker, headers, source):
+async def test_plain_and_hashed_keys_create_a_queued_run(idle_broker, client, db, headers, source):
     response = await client.post("/runs", json={"sources": [source]}, headers=headers)
     assert response.status_code == 202, response.text
     [run] = response.json()["runs"]
@@ -70,7 +70,7 @@ async def test_plain_and_hashed_keys_create_a_queued_run(client, db, idle_broker
     assert row == (source, "api", RunStatus.QUEUED, source)
 
 
-async def test_run_is_handed_to_the_fetch_queue(client, db, idle_broker):
+async def test_run_is_handed_to_the_fetch_queue(idle_broker, client, db):
     response = await client.post("/runs", json={"sources": ["posts"]}, headers=AUTH)
     assert response.status_code == 202
     broker = redis.Redis.from_url(os.environ["REDIS_URL"])

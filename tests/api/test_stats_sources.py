@@ -101,7 +101,7 @@ async def test_stats_of_an_empty_database(client, db):
     assert body["runs"]["total"] == 0 and body["rejected"] == 0 and body["drift_events"] == 0
 
 
-async def test_queue_depth_counts_messages_waiting_in_redis(client, db, idle_broker):
+async def test_queue_depth_counts_messages_waiting_in_redis(idle_broker, client, db):
     assert await no_worker_listening()
     assert (await client.get("/stats")).json()["queues"] == {"fetch": 0, "normalize": 0, "maintenance": 0}
     await anyio.to_thread.run_sync(send_without_consumer, FETCH_TASK, [101])
