@@ -60,7 +60,7 @@ def test_the_layers_hold_on_the_tree_as_it_is(tmp_path: Path) -> None:
     ("module", "statement", "broken"),
     [
         ("workers/pipeline/normalize/coerce.py", "import app.api.errors", WORKERS_CONTRACT),
-        ("workers/pipeline/upsert.py", "from app.db.session import create_engine", WORKERS_CONTRACT),
+        ("workers/db.py", "from app.db.session import create_engine", WORKERS_CONTRACT),
         ("workers/tasks.py", "import app.observability.queue_depth", WORKERS_CONTRACT),
         ("app/core/raw_format.py", "import fastapi", CORE_CONTRACT),
         ("app/core/runs.py", "from sqlalchemy.ext.asyncio import AsyncSession", CORE_CONTRACT),

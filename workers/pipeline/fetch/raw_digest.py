@@ -133,7 +133,10 @@ class RowDigester:
         self._columns = columns
         self._with_columns = self._seeded.copy()
         self._with_columns.update(orjson.dumps(columns))
-        self._id_index = columns.index(self._id_field) if self._id_field in columns else None
+        # A dotted id_field is a path, never a column's name: the normaliser follows it
+        # (dotted_get), and in a row of strings it leads nowhere, so such rows have no key.
+        id_key = self._id_key
+        self._id_index = columns.index(id_key) if id_key is not None and id_key in columns else None
 
 
 def _usable_key(identity: str) -> str | None:

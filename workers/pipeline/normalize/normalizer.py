@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from app.core.sources_config import UNIFIED_FIELDS, SourceConfig
+from app.core.text import NUL, stored_key
 from workers.pipeline.incremental import greatest
 from workers.pipeline.normalize.coerce import COERCERS, NULLABLE_COERCERS, CoercionError, is_empty, to_datetime
 from workers.pipeline.normalize.drift import Signature, misfit, observed_fields, signature
@@ -99,7 +100,7 @@ class Normalizer:
         self._fast = self._compile_fast_path()
 
     def normalize_chunk(self, items: list[RawItem]) -> NormalizedChunk:
-        """Normalize a chunk: de-duplicated by external id (last wins) and sorted by it."""
+        """Normalize a chunk: de-duplicated by external id as stored (last wins) and sorted by it."""
         chunk = NormalizedChunk()
         by_id: dict[str, NormalizedRecord] = {}
         incremental_field = self.source.incremental_field
@@ -136,9 +137,12 @@ class Normalizer:
                 chunk.rejections.append(rejection)
                 continue
             record.raw_digest = item.digest
-            if record.external_id in by_id:
+            key = record.external_id
+            if NUL in key:  # one record as stored (stored_key): the upsert writes each key once
+                key = stored_key(key)
+            if key in by_id:
                 chunk.superseded += 1
-            by_id[record.external_id] = record
+            by_id[key] = record
             if incremental_field:
                 chunk.max_incremental = greatest(chunk.max_incremental, dotted_get(record.data, incremental_field))
         chunk.records = [by_id[key] for key in sorted(by_id)]
