@@ -16,9 +16,9 @@ from workers import db
 from workers.celery import app
 from workers.pipeline.fetch.stage import fetch_run
 from workers.pipeline.finalize import fail_run
-from workers.pipeline.normalize import stage as chunk_stage
-from workers.pipeline.push import close_push_run as close_push_window
-from workers.pipeline.reconcile import reconcile as reconcile_pass
+from workers.pipeline.normalize.stage import process_chunk, record_failure, start_attempt
+from workers.pipeline.push import close_window
+from workers.pipeline.reconcile import reconcile_stalled
 
 log = structlog.get_logger(__name__)
 settings = get_settings()
@@ -69,13 +69,13 @@ def normalize_and_upsert(self: Task, run_id: int, chunk_no: int) -> dict[str, ob
     _bind(self, run_id=run_id, chunk_no=chunk_no)
     try:
         conn = db.connection()
-        if not chunk_stage.start_attempt(conn, run_id, chunk_no, settings.max_task_attempts):
+        if not start_attempt(conn, run_id, chunk_no, settings.max_task_attempts):
             return None
-        outcome = chunk_stage.normalize_and_upsert(conn, run_id, chunk_no)
+        outcome = process_chunk(conn, run_id, chunk_no)
     except Exception as exc:  # deadlock, serialization failure, DB restart, poison data...
         log.warning("chunk_retry", error=f"{type(exc).__name__}: {exc}", retries=self.request.retries)
         try:
-            chunk_stage.record_failure(db.connection(), run_id, chunk_no, f"{type(exc).__name__}: {exc}")
+            record_failure(db.connection(), run_id, chunk_no, f"{type(exc).__name__}: {exc}")
         except psycopg.Error:
             db.reset()
         raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries)) from None
@@ -89,7 +89,7 @@ def close_push_run(self: Task, run_id: int) -> int | None:
     """Close a webhook batching window: re-cut its deliveries into chunks and fan them out."""
     _bind(self, run_id=run_id)
     try:
-        return close_push_window(db.connection(), run_id, enqueue_chunk=enqueue_chunk)
+        return close_window(db.connection(), run_id, enqueue_chunk=enqueue_chunk)
     except psycopg.OperationalError as exc:
         db.reset()
         raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries)) from None
@@ -116,7 +116,7 @@ def start_scheduled_run(self: Task, source_name: str) -> int | None:
 def reconcile(self: Task) -> dict[str, object]:
     """Re-drive runs and chunks that stalled past TASK_TIMEOUT_S; finalize complete runs."""
     _bind(self)
-    report = reconcile_pass(
+    report = reconcile_stalled(
         db.connection(),
         timeout_s=settings.task_timeout_s,
         max_attempts=settings.max_task_attempts,

@@ -18,7 +18,7 @@ from app.core.run_status import RunStatus
 from workers.pipeline.finalize import finalize_run
 
 
-def close_push_run(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Callable[[int, int], None]) -> int | None:
+def close_window(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Callable[[int, int], None]) -> int | None:
     """Close the window of a push run; return the number of chunks, or None if already closed."""
     with conn.transaction():
         row = conn.execute(

@@ -58,7 +58,7 @@ class ReconcileReport:
     runs_failed: list[int] = field(default_factory=list)
 
 
-def reconcile(
+def reconcile_stalled(
     conn: psycopg.Connection,
     *,
     timeout_s: int,

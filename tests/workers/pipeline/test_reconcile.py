@@ -11,7 +11,7 @@ import pytest
 from app.core.run_status import RunStatus
 from tests.support.pipeline import get_run, records, source, wait_for_run
 from workers.pipeline.finalize import finalize_run
-from workers.pipeline.reconcile import reconcile
+from workers.pipeline.reconcile import reconcile_stalled
 
 pytestmark = pytest.mark.usefixtures("worker")
 
@@ -38,8 +38,8 @@ def test_a_queued_run_whose_message_was_lost_is_redriven(db: psycopg.Connection,
         fetch_source.apply_async((rid,))
 
     kwargs = {"max_attempts": 5, "enqueue_fetch": enqueue_fetch, "enqueue_chunk": enqueue_chunk}
-    assert reconcile(db, timeout_s=3600, **kwargs).fetches_redriven == []  # not stalled yet
-    report = reconcile(db, timeout_s=0, **kwargs)
+    assert reconcile_stalled(db, timeout_s=3600, **kwargs).fetches_redriven == []  # not stalled yet
+    report = reconcile_stalled(db, timeout_s=0, **kwargs)
     assert report.fetches_redriven == [run_id] and sent == [run_id]
     run = wait_for_run(db, run_id)
     assert (run["status"], run["inserted"]) == (RunStatus.SUCCEEDED, 3)
@@ -59,7 +59,7 @@ def test_a_lost_chunk_is_redriven_and_a_poison_chunk_fails_the_run(db: psycopg.C
         )
     from workers.tasks import enqueue_chunk
 
-    report = reconcile(db, timeout_s=0, max_attempts=5, enqueue_fetch=lambda _r: None, enqueue_chunk=enqueue_chunk)
+    report = reconcile_stalled(db, timeout_s=0, max_attempts=5, enqueue_fetch=lambda _r: None, enqueue_chunk=enqueue_chunk)
     assert report.chunks_redriven == [(run_id, 0)]
     assert report.runs_failed == [run_id]  # chunk 1 already used its 5 attempts
     run = get_run(db, run_id)

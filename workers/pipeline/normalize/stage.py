@@ -55,7 +55,7 @@ def record_failure(conn: psycopg.Connection, run_id: int, chunk_no: int, error: 
         )
 
 
-def normalize_and_upsert(conn: psycopg.Connection, run_id: int, chunk_no: int) -> ChunkOutcome:
+def process_chunk(conn: psycopg.Connection, run_id: int, chunk_no: int) -> ChunkOutcome:
     """Process one chunk exactly once, however often it is delivered."""
     started = time.monotonic()
     with paused_gc():

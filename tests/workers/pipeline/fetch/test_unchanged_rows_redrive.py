@@ -13,7 +13,7 @@ from app.core.run_status import RunStatus
 from app.core.runs import create_run
 from tests.support.pipeline import get_run, records, source
 from workers.pipeline.fetch.stage import fetch_run
-from workers.pipeline.normalize import stage as chunk_stage
+from workers.pipeline.normalize.stage import process_chunk
 
 
 def write_csv(path: Path, rows: list[list[str]]) -> None:
@@ -37,7 +37,7 @@ def test_a_redriven_fetch_cuts_the_same_chunks(db: psycopg.Connection, database:
 
         first = create_run(conn, config, "api")["id"]
         for chunk_no in fetch(first):
-            chunk_stage.normalize_and_upsert(conn, first, chunk_no)
+            process_chunk(conn, first, chunk_no)
         assert get_run(db, first)["status"] == RunStatus.SUCCEEDED
 
         for i in range(0, 40, 4):  # ten changed rows: two chunks of five
@@ -45,11 +45,11 @@ def test_a_redriven_fetch_cuts_the_same_chunks(db: psycopg.Connection, database:
         write_csv(path, rows)
         second = create_run(conn, config, "api")["id"]
         assert fetch(second) == [0, 1]
-        chunk_stage.normalize_and_upsert(conn, second, 0)  # the first chunk commits, then the fetch "crashes"
+        process_chunk(conn, second, 0)  # the first chunk commits, then the fetch "crashes"
         db.execute("UPDATE runs SET chunks_total = NULL WHERE id = %s", (second,))
 
         assert fetch(second) == [1]  # the same cut: chunk 0 is committed, chunk 1 still to do
-        chunk_stage.normalize_and_upsert(conn, second, 1)
+        process_chunk(conn, second, 1)
 
     run = get_run(db, second)
     assert (run["status"], run["chunks_total"]) == (RunStatus.SUCCEEDED, 2)
