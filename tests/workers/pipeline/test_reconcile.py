@@ -59,7 +59,9 @@ def test_a_lost_chunk_is_redriven_and_a_poison_chunk_fails_the_run(db: psycopg.C
         )
     from workers.tasks import enqueue_chunk
 
-    report = reconcile_stalled(db, timeout_s=0, max_attempts=5, enqueue_fetch=lambda _r: None, enqueue_chunk=enqueue_chunk)
+    report = reconcile_stalled(
+        db, timeout_s=0, max_attempts=5, enqueue_fetch=lambda _r: None, enqueue_chunk=enqueue_chunk
+    )
     assert report.chunks_redriven == [(run_id, 0)]
     assert report.runs_failed == [run_id]  # chunk 1 already used its 5 attempts
     run = get_run(db, run_id)
