@@ -61,6 +61,7 @@ task_routes = {
     "workers.tasks.close_push_run": {"queue": NORMALIZE_QUEUE},
     "workers.tasks.start_scheduled_run": {"queue": MAINTENANCE_QUEUE},
     "workers.tasks.reconcile": {"queue": MAINTENANCE_QUEUE},
+    "workers.tasks.prune_raw_chunks": {"queue": MAINTENANCE_QUEUE},
 }
 
 worker_hijack_root_logger = False

@@ -1,4 +1,5 @@
-"""`python -m app.cli`: migrate | run [SOURCE ...] [--wait] | runs | stats | sources | reset --yes."""
+"""`python -m app.cli`: migrate | run [SOURCE ...] [--wait] | runs | stats | sources | cancel RUN | resume |
+reset --yes."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.enqueue import enqueue_fetch
+from app.core.run_end import RunNotCancellable, RunNotFound, cancel_run
 from app.core.run_status import FINISHED, RunStatus
 from app.core.runs import COUNT_KEYS, RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run, run_to_api
 from app.core.selection import SourceSelectionError, select_sources
@@ -126,7 +128,7 @@ def run(
             console.print(f"run {created['id']} queued for [bold]{source.name}[/bold]")
         if wait and run_ids:
             final = _follow(conn, run_ids, timeout)
-            failed = [r for r in final if r["status"] == RunStatus.FAILED]
+            failed = [r for r in final if r["status"] not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL)]
             if failed or len(final) < len(run_ids):
                 raise typer.Exit(1)
 
@@ -232,6 +234,19 @@ def list_sources() -> None:
             f"{run_info['id']} {run_info['status']}" if run_info else "never",
         )
     console.print(table)
+
+
+@cli.command()
+def cancel(run_id: Annotated[int, typer.Argument(metavar="RUN", help="The run to cancel.")]) -> None:
+    """Stop a queued or running run at its next chunk boundary (status cancelled, checkpoint kept)."""
+    settings = _settings()
+    with _connect(settings) as conn:
+        try:
+            ended = cancel_run(conn, run_id)
+        except (RunNotFound, RunNotCancellable) as exc:
+            err.print(f"[red]{exc}[/red]")
+            raise typer.Exit(1) from None
+    console.print(_runs_table([run_to_api(ended)], "cancelled"))
 
 
 @cli.command()

@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     )
     webhook_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest accepted webhook body.")
     flower_url: str = Field("http://127.0.0.1:5555", description="Where the console links to Flower.")
+    raw_retention_days: float = Field(
+        7, ge=0, le=3650, description="Raw chunks of a finished run are kept this long, then pruned."
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -1,4 +1,4 @@
-"""The beat schedule: one entry per enabled pulled source, plus the reconciler."""
+"""The beat schedule: one entry per enabled pulled source, plus the reconciler and raw-chunk retention."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from celery.schedules import crontab, schedule
 from app.core.selection import runnable
 from app.core.sources_config import SourceConfig
 from app.settings import Settings
+
+PRUNE_EVERY_S = 3600.0
 
 
 def reconcile_interval_s(settings: Settings) -> float:
@@ -22,7 +24,12 @@ def build_beat_schedule(sources: dict[str, SourceConfig], settings: Settings) ->
             "task": "workers.tasks.reconcile",
             "schedule": schedule(reconcile_interval_s(settings)),
             "options": {"expires": reconcile_interval_s(settings)},
-        }
+        },
+        "prune_raw_chunks": {
+            "task": "workers.tasks.prune_raw_chunks",
+            "schedule": schedule(PRUNE_EVERY_S),
+            "options": {"expires": PRUNE_EVERY_S},
+        },
     }
     for source in runnable(sources):
         parsed = source.parsed_schedule

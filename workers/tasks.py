@@ -19,6 +19,7 @@ from workers.pipeline.finalize import fail_run
 from workers.pipeline.normalize.stage import process_chunk, record_failure, start_attempt
 from workers.pipeline.push import close_window
 from workers.pipeline.reconcile import reconcile_stalled
+from workers.pipeline.retention import delete_expired_chunks
 
 log = structlog.get_logger(__name__)
 settings = get_settings()
@@ -124,4 +125,14 @@ def reconcile(self: Task) -> dict[str, object]:
         enqueue_chunk=enqueue_chunk,
         enqueue_close_push=lambda run_id: close_push_run.apply_async((run_id,)),
     )
+    return report.__dict__
+
+
+@app.task(bind=True, name="workers.tasks.prune_raw_chunks")
+def prune_raw_chunks(self: Task) -> dict[str, object]:
+    """Delete raw chunks of runs finished more than RAW_RETENTION_DAYS ago, in small batches."""
+    _bind(self)
+    report = delete_expired_chunks(db.connection(), retention_days=settings.raw_retention_days)
+    if report.chunks:
+        log.info("raw_chunks_pruned", runs=report.runs, chunks=report.chunks)
     return report.__dict__

@@ -44,7 +44,8 @@ async def test_stats_shape_and_counts(client, db):
     assert set(body["runs"]) == {"total", "by_status", "last_by_source"}
     assert body["runs"]["total"] == 4
     assert body["runs"]["by_status"] == {
-        RunStatus.QUEUED: 1, RunStatus.RUNNING: 0, RunStatus.SUCCEEDED: 1, RunStatus.PARTIAL: 1, RunStatus.FAILED: 1
+        RunStatus.QUEUED: 1, RunStatus.RUNNING: 0, RunStatus.SUCCEEDED: 1, RunStatus.PARTIAL: 1, RunStatus.FAILED: 1,
+        RunStatus.CANCELLED: 0,
     }
     assert body["runs"]["last_by_source"]["posts"]["id"] == newest
     assert body["runs"]["last_by_source"]["news"]["status"] == RunStatus.QUEUED

@@ -9,11 +9,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from app.core.enqueue import enqueue_fetch
-from app.core.run_status import RunStatus
+from app.core.run_status import FINISHED
 from app.core.runs import create_run
 from app.core.sources_config import SourceConfig
-
-FINISHED = (RunStatus.SUCCEEDED, RunStatus.PARTIAL, RunStatus.FAILED)
 
 
 def source(name: str, kind: str, url: str, **config: Any) -> SourceConfig:

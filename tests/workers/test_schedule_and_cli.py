@@ -29,7 +29,7 @@ def test_beat_schedule_has_one_entry_per_enabled_pulled_source(tmp_path: Path) -
         '[sources.d]\nkind = "webhook"\nid_field = "id"\nsecret_env = "D_SECRET"\n'
     )
     entries = build_beat_schedule(load_sources(path), Settings(task_timeout_s=40))
-    assert set(entries) == {"reconcile", "source:a", "source:b"}
+    assert set(entries) == {"reconcile", "prune_raw_chunks", "source:a", "source:b"}
     a = entries["source:a"]
     assert a["task"] == "workers.tasks.start_scheduled_run" and a["args"] == ["a"]
     assert isinstance(a["schedule"], schedule) and a["schedule"].run_every == timedelta(seconds=90)

@@ -14,6 +14,7 @@ import orjson
 import psycopg
 from psycopg.rows import dict_row
 
+from app.core.run_end import end_active_run
 from app.core.run_status import ACTIVE, RunStatus
 from workers.pipeline.incremental import greatest
 from workers.pipeline.normalize.drift import merge_observed, pause_source, record_drift
@@ -139,9 +140,4 @@ def fail_run(conn: psycopg.Connection, run_id: int, error: str) -> bool:
 
     The checkpoint is left untouched. Returns False when the run was already finished.
     """
-    with conn.transaction():
-        if _lock_active_run(conn, run_id) is None:
-            return False
-        totals = _ledger_totals(conn, run_id)
-        conn.execute(_SET_COUNTS, {**totals, "status": RunStatus.FAILED, "error": error[:2000], "run_id": run_id})
-    return True
+    return end_active_run(conn, run_id, RunStatus.FAILED, error)

@@ -14,9 +14,11 @@ from app.api.deps import ApiKeyDep, ReadConnectionDep, SessionDep, SourcesDep
 from app.api.errors import ApiError
 from app.api.idempotency import claim_key, release_key, request_hash, store_response
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
+from app.api.run_cancel import cancel_run_async
 from app.api.run_creation import create_run_async
 from app.api.schemas import Run, RunList, RunsRequest, SourceFilter
 from app.core.enqueue import enqueue_fetch
+from app.core.run_end import RunNotCancellable, RunNotFound
 from app.core.run_status import RunStatus
 from app.core.runs import ActiveRunExists, SourcePaused, run_to_api
 from app.core.selection import NotRunnable, UnknownSources, select_sources
@@ -162,3 +164,27 @@ async def read_run(
     if run is None:
         raise ApiError(404, f"run {id} not found")
     return run
+
+
+@router.post(
+    "/runs/{id}/cancel",
+    response_model=Run,
+    summary="Cancel a run",
+    responses=error_responses(401, 404, 409, 422, *COMMON_ERRORS, 503),
+)
+async def cancel_run(
+    session: SessionDep,
+    _key: ApiKeyDep,
+    id: Annotated[int, Path(ge=1, le=MAX_ID, description="Run id.")],
+) -> dict[str, Any]:
+    """Stop a queued or running run at its next chunk boundary: status `cancelled`, the counts
+    of what committed, the checkpoint not moved, the source free for a new run. 409 for a
+    finished run or an open webhook window."""
+    try:
+        ended = await cancel_run_async(session, run_id=id)
+    except RunNotFound:
+        raise ApiError(404, f"run {id} not found") from None
+    except RunNotCancellable as exc:
+        raise ApiError(409, str(exc), code="not_cancellable") from None
+    log.info("run_cancelled", run_id=id)
+    return run_to_api(ended)

@@ -9,10 +9,15 @@ from typing import Any
 
 import psycopg
 
+from app.core.run_status import ACTIVE
 from workers.pipeline.raw import encode_item, store_chunk
 from workers.sources.base import RawItem
 
 EnqueueChunk = Callable[[int, int], None]
+
+
+class RunStopped(Exception):
+    """The run ended (cancelled, or failed by the reconciler) while its fetch read on."""
 
 
 class ChunkBuffer:
@@ -66,7 +71,13 @@ class ChunkBuffer:
         return self.chunk_no
 
     def heartbeat(self) -> None:
-        """Show the fetch is alive: the reconciler re-drives a fetch whose heartbeat is stale."""
-        self.conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = %s", (self.run_id,))
+        """Show the fetch is alive (the reconciler re-drives a fetch whose heartbeat is stale),
+        and learn whether the run is still active: a cancelled run stops reading here."""
+        alive = self.conn.execute(
+            "UPDATE runs SET heartbeat_at = now() WHERE id = %s AND status = ANY(%s) RETURNING 1",
+            (self.run_id, list(ACTIVE)),
+        ).fetchone()
         self.conn.commit()
         self.last_heartbeat = time.monotonic()
+        if alive is None:
+            raise RunStopped(f"run {self.run_id} is no longer active")

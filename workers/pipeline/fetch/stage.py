@@ -18,7 +18,7 @@ from psycopg.rows import dict_row
 from app.core.redaction import redact
 from app.core.run_status import ACTIVE, RunStatus
 from app.core.sources_config import SourceConfig
-from workers.pipeline.fetch.buffer import ChunkBuffer, EnqueueChunk
+from workers.pipeline.fetch.buffer import ChunkBuffer, EnqueueChunk, RunStopped
 from workers.pipeline.fetch.sifter import Sifter
 from workers.pipeline.fetch.unchanged import UnchangedRows
 from workers.pipeline.finalize import fail_run, finalize_run
@@ -82,6 +82,9 @@ def fetch_run(
         fail_run(conn, run_id, message)
         log.warning("fetch_failed", run_id=run_id, source=source.name, error=message)
         return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
+    except RunStopped:
+        log.info("fetch_stopped", run_id=run_id, source=source.name, reason="the run ended (cancelled?)")
+        return FetchOutcome(chunks=0, not_modified=False, status=None)
     fetch_state = dict(extraction.new_state)
     with conn.transaction():
         conn.execute(
