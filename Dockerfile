@@ -1,6 +1,7 @@
 # One image for every process: the API (default), worker, beat, Flower and migrations,
 # chosen by the command (see docker-compose.yml):
 #   docker run IMAGE                                     -> uvicorn app.main:app (the API)
+#   (-e FORWARDED_ALLOW_IPS=<proxy> when a proxy in front sets X-Forwarded-For)
 #   docker run IMAGE celery -A workers worker -l INFO    -> a worker (every queue)
 #   docker run IMAGE celery -A workers beat -l INFO -s /tmp/celerybeat-schedule
 #   docker run IMAGE celery -A workers flower --port=5555
@@ -33,4 +34,6 @@ EXPOSE 8000 5555
 
 # No HEALTHCHECK here: the right probe depends on the process (HTTP for the API and
 # Flower, `celery inspect ping` for a worker); docker-compose.yml sets one per service.
-CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000"]
+# --no-proxy-headers: the app trusts X-Forwarded-For only from FORWARDED_ALLOW_IPS (default
+# none); uvicorn's own handling would trust it from loopback.
+CMD ["uvicorn", "app.main:app", "--host", "0.0.0.0", "--port", "8000", "--no-proxy-headers"]

@@ -13,6 +13,7 @@ from fastapi import FastAPI
 from redis.asyncio import Redis
 from starlette.middleware.cors import CORSMiddleware
 from starlette.staticfiles import StaticFiles
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from app.api.console import page as console_page
 from app.api.errors import install_exception_handlers
@@ -100,6 +101,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(RequestContextMiddleware)
+    if settings.trusted_proxies:
+        # Outermost: everything inside (logs, rate limit buckets) sees the client the trusted
+        # proxy names. uvicorn's own handling is off (--no-proxy-headers, docs/operations.md):
+        # by default it trusts X-Forwarded-For from loopback, which any local client can forge.
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
 
 

@@ -6,6 +6,7 @@ the constructor instead of patching globals.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from functools import lru_cache
 from urllib.parse import urlsplit, urlunsplit
@@ -42,6 +43,11 @@ class Settings(BaseSettings):
     raw_retention_days: float = Field(
         7, ge=0, le=3650, description="Raw chunks of a finished run are kept this long, then pruned."
     )
+    forwarded_allow_ips: str = Field(
+        "",
+        description="Proxies trusted for client addresses (X-Forwarded-For, X-Forwarded-Proto): comma-separated"
+        " IP addresses or networks, or `*`; empty = none, the client is the connecting peer.",
+    )
 
     @field_validator("database_url")
     @classmethod
@@ -63,6 +69,24 @@ class Settings(BaseSettings):
     def _parsable_rate(cls, value: str) -> str:
         if not _RATE_RE.match(value):
             raise ValueError("must look like '600/minute' (second|minute|hour)")
+        return value
+
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses_or_networks(cls, value: str) -> str:
+        entries = _comma_list(value)
+        if entries == ["*"]:
+            return value
+        for entry in entries:
+            try:
+                if "/" in entry:
+                    ipaddress.ip_network(entry)
+                else:
+                    ipaddress.ip_address(entry)
+            except ValueError as exc:
+                raise ValueError(
+                    f"{entry!r} is not an IP address or network (e.g. 10.0.0.5, 10.0.0.0/8, ::1), or '*' alone: {exc}"
+                ) from None
         return value
 
     @model_validator(mode="after")
@@ -113,9 +137,18 @@ class Settings(BaseSettings):
         return [key.strip() for key in self.api_keys.split(",") if key.strip()]
 
     @property
+    def trusted_proxies(self) -> list[str]:
+        """FORWARDED_ALLOW_IPS as a list; empty when no proxy is trusted."""
+        return _comma_list(self.forwarded_allow_ips)
+
+    @property
     def visibility_timeout_s(self) -> int:
         """Broker redelivers unacked work after this; must exceed the task time limit."""
         return self.task_timeout_s * 2 + 60
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 @lru_cache(maxsize=1)

@@ -88,12 +88,18 @@ def flower_env() -> dict[str, str]:
     return env
 
 
+def api_command(python: str, port: int) -> list[str]:
+    """The API as `make run` starts it. --no-proxy-headers: X-Forwarded-For is trusted only
+    from FORWARDED_ALLOW_IPS, by the app; uvicorn's own handling trusts any loopback client."""
+    return [python, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(port), "--no-proxy-headers"]
+
+
 def main() -> None:
     ensure_services()
     python = sys.executable
     subprocess.run([python, "-m", "app.cli", "migrate"], cwd=ROOT, check=True)  # noqa: S603
     commands = {
-        "api": [python, "-m", "uvicorn", "app.main:app", "--host", "127.0.0.1", "--port", str(API_PORT)],
+        "api": api_command(python, API_PORT),
         "worker": [python, "-m", "celery", "-A", "workers", "worker", "-l", "INFO", "-n", "local@%h"],
         "beat": [python, "-m", "celery", "-A", "workers", "beat", "-l", "INFO",
                  "-s", str(ROOT / ".venv" / "celerybeat-schedule")],

@@ -132,6 +132,8 @@ class SourceConfig(BaseModel):
             raise ValueError("'secret_env' is required for kind 'webhook'")
         if self.pagination != "none" and self.kind != "http_json":
             raise ValueError("'pagination' applies to kind 'http_json' only")
+        if self.incremental_field and self.types.get(self.incremental_field) == "bool":
+            raise ValueError("'incremental_field' cannot be a bool field: true/false have no order to resume from")
         return self
 
     @property

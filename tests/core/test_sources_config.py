@@ -36,6 +36,8 @@ def test_default_sources_file_is_valid() -> None:
          ["key 'types.Age'"]),
         ('[sources.w]\nkind = "webhook"\nid_field = "id"', ["source 'w'", "secret_env"]),
         ('[sources.a]\nkind = "csv"\nurl = "x.csv"\nid_field = "id"\nchunk_size = 0', ["key 'chunk_size'"]),
+        ('[sources.a]\nkind = "csv"\nurl = "x.csv"\nid_field = "id"\nincremental_field = "done"\n'
+         '[sources.a.types]\ndone = "bool"', ["source 'a'", "'incremental_field' cannot be a bool field"]),
         ("[sources.a\nkind=", ["not valid TOML"]),
     ],
 )

@@ -94,6 +94,15 @@ def test_commands_match_the_contract(services: dict[str, Any], name: str, expect
     assert _command(services[name]).startswith(expected), _command(services[name])
 
 
+def test_api_trusts_forwarded_for_only_from_forwarded_allow_ips(services: dict[str, Any]) -> None:
+    api = services["api"]
+    command = _command(api).split()
+    # uvicorn's own proxy-header handling trusts any loopback client: the app applies the setting
+    assert "--no-proxy-headers" in command and "--proxy-headers" not in command
+    assert api["environment"]["FORWARDED_ALLOW_IPS"] == "${FORWARDED_ALLOW_IPS:-}"  # default: none trusted
+    assert api["environment"]["DATABASE_URL"] == services["worker"]["environment"]["DATABASE_URL"]
+
+
 def test_worker_consumes_every_queue(services: dict[str, Any]) -> None:
     command = _command(services["worker"]).split()
     assert "-Q" not in command and "--queues" not in command
@@ -177,6 +186,7 @@ def test_dockerfile_base_and_default_command() -> None:
     assert steps[0] == ("FROM", "python:3.11-slim")
     cmd = [rest for keyword, rest in steps if keyword == "CMD"][-1]
     assert "uvicorn" in cmd and "app.main:app" in cmd and "0.0.0.0" in cmd and "8000" in cmd
+    assert "--no-proxy-headers" in cmd  # X-Forwarded-For only from FORWARDED_ALLOW_IPS, by the app
 
 
 def test_dockerfile_runs_as_a_non_root_user() -> None:

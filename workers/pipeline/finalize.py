@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import psycopg
+import structlog
 from psycopg.rows import dict_row
 
 from app.core.run_end import end_active_run
 from app.core.run_status import ACTIVE, RunStatus
-from workers.pipeline.incremental import greatest
+from app.core.text import stored_json
+from workers.pipeline.incremental import IncrementalOrder, Position, UncomparableValue, is_after
 from workers.pipeline.normalize.drift import merge_observed, pause_source, record_drift
+
+log = structlog.get_logger(__name__)
 
 _LEDGER_TOTALS = """
 SELECT count(*) AS chunks,
@@ -117,22 +120,46 @@ def _advance_checkpoint(conn: psycopg.Connection, run: dict[str, Any]) -> None:
     ).fetchone()
     old_value, old_etag, old_modified, old_hash = previous or (None, None, None, None)
     value = old_value
-    for (chunk_max,) in conn.execute(
-        "SELECT max_incremental FROM chunk_ledger WHERE run_id = %s AND max_incremental IS NOT NULL", (run["id"],)
-    ):
-        value = greatest(value, chunk_max)
+    config = run["config"]
+    order = IncrementalOrder.of(config.get("incremental_field"), config.get("types") or {})
+    if order is not None:
+        maxima = conn.execute(
+            "SELECT max_incremental FROM chunk_ledger WHERE run_id = %s AND max_incremental IS NOT NULL", (run["id"],)
+        ).fetchall()
+        value = advanced_checkpoint(order, old_value, [row[0] for row in maxima], source=run["source"])
     state = run["fetch_state"] or {}
     conn.execute(
         _SAVE_CHECKPOINT,
         {
             "source": run["source"],
-            "value": orjson.dumps(value).decode() if value is not None else None,
+            "value": stored_json(value),
             "etag": state.get("etag", old_etag),
             "last_modified": state.get("last_modified", old_modified),
             "file_hash": state.get("file_hash", old_hash),
             "run_id": run["id"],
         },
     )
+
+
+def advanced_checkpoint(order: IncrementalOrder, stored: Any, maxima: list[Any], *, source: str) -> Any:
+    """The checkpoint after a run, in its canonical stored form: the greatest of the stored
+    one and the run's chunk maxima. It only moves forward. A stored checkpoint that cannot
+    be read as the field's type is replaced; values that cannot be compared with one
+    another (a number and a timestamp in a field without a declared type) leave it where it was."""
+    greatest: Position | None = None
+    try:
+        greatest = None if stored is None else order.load(stored)
+    except UncomparableValue as exc:
+        log.warning("checkpoint_replaced", source=source, checkpoint=stored, kind=order.kind, error=str(exc))
+    try:
+        for chunk_max in maxima:
+            position = order.load(chunk_max)
+            if position is not None and (greatest is None or is_after(position, greatest)):
+                greatest = position
+    except UncomparableValue as exc:
+        log.warning("checkpoint_kept", source=source, checkpoint=stored, kind=order.kind, error=str(exc))
+        return stored
+    return stored if greatest is None else order.stored(greatest)
 
 
 def fail_run(conn: psycopg.Connection, run_id: int, error: str) -> bool:

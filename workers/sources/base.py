@@ -154,7 +154,7 @@ class RowBatch:
 class FetchState:
     """What the previous successful run left behind for this source."""
 
-    checkpoint: Any = None
+    checkpoint: Any = None  # in its canonical stored form (workers/pipeline/incremental.py)
     etag: str | None = None
     last_modified: str | None = None
     file_hash: str | None = None

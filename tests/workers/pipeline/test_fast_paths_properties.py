@@ -93,6 +93,8 @@ def sources(draw: st.DrawFn) -> SourceConfig:
     types = draw(st.dictionaries(names, st.sampled_from(sorted(COERCERS)), max_size=3))
     fields = draw(st.dictionaries(st.sampled_from(sorted(UNIFIED_FIELDS)), names, max_size=3))
     incremental = draw(st.sampled_from([None, None, None, "n", "when"]))
+    if incremental and types.get(incremental) == "bool":  # not a valid configuration
+        del types[incremental]
     return SourceConfig(
         name="props", kind=kind, url=None if kind == "webhook" else "/tmp/props",
         id_field=None if kind == "rss" and draw(st.booleans()) else id_field,

@@ -16,8 +16,8 @@ from workers.pipeline.reconcile import reconcile_stalled
 pytestmark = pytest.mark.usefixtures("worker")
 
 
-def make_run(db: psycopg.Connection, config_path: Path) -> int:
-    config = source("lost", "csv", str(config_path))
+def make_run(db: psycopg.Connection, config_path: Path, **config_keys: object) -> int:
+    config = source("lost", "csv", str(config_path), **config_keys)
     row = db.execute(
         "INSERT INTO runs (source, trigger, config) VALUES ('lost', 'api', %s::jsonb) RETURNING id",
         (orjson.dumps(config.snapshot()).decode(),),
@@ -69,7 +69,7 @@ def test_a_lost_chunk_is_redriven_and_a_poison_chunk_fails_the_run(db: psycopg.C
 
 
 def test_finalize_is_idempotent(db: psycopg.Connection, tmp_path: Path) -> None:
-    run_id = make_run(db, tmp_path / "unused.csv")
+    run_id = make_run(db, tmp_path / "unused.csv", incremental_field="id")
     db.execute(
         "UPDATE runs SET status = %s, chunks_total = 1, fetch_state = '{}' WHERE id = %s", (RunStatus.RUNNING, run_id)
     )

@@ -7,7 +7,7 @@ at a time through the unchanged-row filter (sifter.py, unchanged.py), into a buf
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import orjson
@@ -23,7 +23,7 @@ from workers.pipeline.fetch.sifter import Sifter
 from workers.pipeline.fetch.unchanged import UnchangedRows
 from workers.pipeline.finalize import fail_run, finalize_run
 from workers.pipeline.gc_pause import paused_gc
-from workers.pipeline.incremental import is_after
+from workers.pipeline.incremental import IncrementalOrder, Position, UncomparableValue
 from workers.sources.base import Extraction, FetchState, SourceError, dotted_get
 from workers.sources.registry import extract
 
@@ -60,6 +60,20 @@ def load_state(conn: psycopg.Connection, source: str) -> FetchState:
     return FetchState(checkpoint=row[0], etag=row[1], last_modified=row[2], file_hash=row[3])
 
 
+def loaded_checkpoint(order: IncrementalOrder, stored: Any, *, source: str) -> Position | None:
+    """The stored checkpoint as a position of the field's order. One that cannot be read as
+    that type (stored by a release that compared raw text, or before `types` changed) counts
+    as none: the run fetches everything, the upsert absorbs the overlap, and the run's
+    greatest value replaces it."""
+    if stored is None:
+        return None
+    try:
+        return order.load(stored)
+    except UncomparableValue as exc:
+        log.warning("checkpoint_unreadable", source=source, checkpoint=stored, kind=order.kind, error=str(exc))
+        return None
+
+
 def fetch_run(
     conn: psycopg.Connection, run_id: int, *, enqueue_chunk: EnqueueChunk, max_attempts: int
 ) -> FetchOutcome | None:
@@ -72,11 +86,19 @@ def fetch_run(
         return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
     source = SourceConfig(**run["config"])
     state = load_state(conn, source.name)
+    order = IncrementalOrder.of(source.incremental_field, source.types)
+    checkpoint = None
+    if order is not None:
+        checkpoint = loaded_checkpoint(order, state.checkpoint, source=source.name)
+        # since_param sends the checkpoint in its canonical form, and none that cannot be read
+        state = replace(state, checkpoint=None if checkpoint is None else order.stored(checkpoint))
     try:
         extraction = extract(source, state)
         chunks = 0
         if not extraction.not_modified:
-            chunks = _store_and_fan_out(conn, run_id, source, state, extraction, enqueue_chunk)
+            chunks = _store_and_fan_out(
+                conn, run_id, source, extraction, enqueue_chunk, order=order, checkpoint=checkpoint
+            )
     except SourceError as exc:
         message = f"{type(exc).__name__}: {redact(str(exc), source.secret_values())}"
         fail_run(conn, run_id, message)
@@ -100,9 +122,11 @@ def _store_and_fan_out(
     conn: psycopg.Connection,
     run_id: int,
     source: SourceConfig,
-    state: FetchState,
     extraction: Extraction,
     enqueue_chunk: EnqueueChunk,
+    *,
+    order: IncrementalOrder | None,
+    checkpoint: Position | None,
 ) -> int:
     """Store the extraction's items as raw chunks, handing each on; the number of chunks."""
     buffer = ChunkBuffer(conn, run_id=run_id, chunk_size=source.chunk_size, enqueue_chunk=enqueue_chunk)
@@ -115,10 +139,9 @@ def _store_and_fan_out(
             for batch in extraction.batches:
                 sifter.add_batch(batch)
             items = iter(())
-        incremental = source.incremental_field
         for item in items:
-            if incremental and item.record is not None and state.checkpoint is not None:
-                if not is_after(dotted_get(item.record, incremental), state.checkpoint):
+            if order is not None and checkpoint is not None and item.record is not None:
+                if not order.is_past(dotted_get(item.record, order.field), checkpoint):
                     continue  # at or before the checkpoint: already committed by an earlier run
             sifter.add(item)
         sifter.close()

@@ -17,7 +17,7 @@ import orjson
 
 from app.core.sources_config import UNIFIED_FIELDS, SourceConfig
 from app.core.text import NUL, stored_key
-from workers.pipeline.incremental import greatest
+from workers.pipeline.incremental import IncrementalOrder, Position, UncomparableValue, is_after
 from workers.pipeline.normalize.coerce import COERCERS, NULLABLE_COERCERS, CoercionError, is_empty, to_datetime
 from workers.pipeline.normalize.drift import Signature, misfit, observed_fields, signature
 from workers.sources.base import RawItem, dotted_get
@@ -27,6 +27,7 @@ MISSING_ID = "missing_id"
 COERCION_FAILED = "coercion_failed"
 PARSE_ERROR = "parse_error"
 SCHEMA_DRIFT = "schema_drift"
+INCREMENTAL_INVALID = "incremental_invalid"
 
 RSS_DEFAULT_FIELDS = {
     "title": "title",
@@ -67,7 +68,7 @@ class NormalizedChunk:
     records: list[NormalizedRecord] = field(default_factory=list)
     rejections: list[Rejection] = field(default_factory=list)
     superseded: int = 0
-    max_incremental: Any = None
+    max_incremental: Any = None  # the greatest incremental value, in its stored form (incremental.py)
     observed: dict[str, str] = field(default_factory=dict)
 
 
@@ -85,6 +86,7 @@ class Normalizer:
         # on_drift = "reject": records whose shape the known schema does not allow are rejected.
         self.reject_against = known_schema if source.on_drift == "reject" and known_schema else None
         self.id_field = source.id_field or "id"
+        self.incremental = IncrementalOrder.of(source.incremental_field, source.types)
         defaults = RSS_DEFAULT_FIELDS if source.kind == "rss" else IDENTITY_FIELDS
         self.mapping = {**defaults, **source.fields}
         self.types = [(name.split("."), COERCERS[kind], name) for name, kind in source.types.items()]
@@ -103,7 +105,8 @@ class Normalizer:
         """Normalize a chunk: de-duplicated by external id as stored (last wins) and sorted by it."""
         chunk = NormalizedChunk()
         by_id: dict[str, NormalizedRecord] = {}
-        incremental_field = self.source.incremental_field
+        incremental = self.incremental
+        greatest: Position | None = None
         shapes: dict[Signature, str | None] = {}  # distinct record shapes -> misfit field
         # (keys, value types) -> signature: two C-built tuples per record instead of a generator
         signatures: dict[tuple[tuple[str, ...], tuple[type, ...]], Signature] = {}
@@ -127,6 +130,8 @@ class Normalizer:
                     shapes[shape] = misfit(shape, self.reject_against) if self.reject_against else None
                 if shapes[shape] is not None:
                     raise _Rejected(SCHEMA_DRIFT, "field not in the source's known schema", shapes[shape])
+                if incremental is not None:
+                    greatest = _greater(incremental, data, greatest)
             except _Rejected as rejected:
                 rejection = rejected.rejection
                 rejection.line_no = item.line
@@ -143,8 +148,8 @@ class Normalizer:
             if key in by_id:
                 chunk.superseded += 1
             by_id[key] = record
-            if incremental_field:
-                chunk.max_incremental = greatest(chunk.max_incremental, dotted_get(record.data, incremental_field))
+        if greatest is not None:
+            chunk.max_incremental = IncrementalOrder.stored(greatest)
         chunk.records = [by_id[key] for key in sorted(by_id)]
         chunk.observed = observed_fields(shapes)
         return chunk
@@ -278,6 +283,18 @@ def content_of(texts: dict[str, str | None], published_at: datetime | None, data
     data_json = orjson.dumps(data, option=_CANONICAL)
     digest = hashlib.sha256(b"".join((head[:-1], b",", data_json, b"]"))).digest()
     return digest, data_json.decode()
+
+
+def _greater(incremental: IncrementalOrder, data: dict[str, Any], greatest: Position | None) -> Position | None:
+    """The greater of the record's incremental value and the chunk's greatest so far; a value
+    with no place in the order rejects its record, so it can never become the checkpoint."""
+    try:
+        position = incremental.position(dotted_get(data, incremental.field))
+        if position is None:
+            return greatest
+        return position if greatest is None or is_after(position, greatest) else greatest
+    except UncomparableValue as exc:
+        raise _Rejected(INCREMENTAL_INVALID, str(exc), incremental.field) from None
 
 
 def _is_flat(path: str) -> bool:

@@ -9,7 +9,14 @@ import orjson
 import pytest
 
 from app.core.sources_config import SourceConfig
-from workers.pipeline.normalize.normalizer import COERCION_FAILED, MISSING_ID, PARSE_ERROR, Normalizer, content_of
+from workers.pipeline.normalize.normalizer import (
+    COERCION_FAILED,
+    INCREMENTAL_INVALID,
+    MISSING_ID,
+    PARSE_ERROR,
+    Normalizer,
+    content_of,
+)
 from workers.sources.base import RawItem, TabularRow
 
 
@@ -110,6 +117,26 @@ def test_dotted_paths_and_incremental_maximum() -> None:
     )
     assert chunk.max_incremental == 120
     assert chunk.records[0].title == "n1" and chunk.records[0].author == "5"
+
+
+def test_an_incremental_value_with_no_place_in_the_order_is_a_rejection_not_the_maximum() -> None:
+    source = SourceConfig(name="api", kind="http_json", url="http://x", id_field="id", incremental_field="seq")
+    values = [3, "inf", "NaN", float("inf"), "later", "12", None, {"at": 1}]
+    chunk = Normalizer(source).normalize_chunk([RawItem({"id": i, "seq": v}, line=i) for i, v in enumerate(values)])
+    assert [(r.reason, r.field, r.line_no) for r in chunk.rejections] == [
+        (INCREMENTAL_INVALID, "seq", line) for line in (1, 2, 3, 4, 7)
+    ]
+    assert {r.external_id for r in chunk.records} == {"0", "5", "6"}  # no value: kept, no position
+    assert chunk.max_incremental == 12
+
+
+def test_incremental_timestamps_give_the_latest_instant_in_utc() -> None:
+    source = SourceConfig(name="api", kind="http_json", url="http://x", id_field="id", incremental_field="at",
+                          types={"at": "datetime"})
+    stamps = ["2026-01-01T10:00:00Z", "2026-01-01T11:00:00+05:00", "2026-01-01T09:30:00-03:00"]
+    chunk = Normalizer(source).normalize_chunk([RawItem({"id": i, "at": at}) for i, at in enumerate(stamps)])
+    assert chunk.max_incremental == "2026-01-01T12:30:00Z"
+    assert chunk.records[2].data["at"] == datetime.fromisoformat("2026-01-01T09:30:00-03:00")  # data keeps its offset
 
 
 def test_csv_rows_given_as_values_normalise_like_records_and_the_general_path() -> None:
