@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 import psycopg
 from psycopg.rows import dict_row
 
 from app.core.run_status import ACTIVE, RunStatus
+from app.core.text import stored_json
 from workers.pipeline.incremental import greatest
 from workers.pipeline.normalize.drift import merge_observed, pause_source, record_drift
 
@@ -125,7 +125,7 @@ def _advance_checkpoint(conn: psycopg.Connection, run: dict[str, Any]) -> None:
         _SAVE_CHECKPOINT,
         {
             "source": run["source"],
-            "value": orjson.dumps(value).decode() if value is not None else None,
+            "value": stored_json(value),  # exact: a checkpoint may be an integer beyond 64 bits
             "etag": state.get("etag", old_etag),
             "last_modified": state.get("last_modified", old_modified),
             "file_hash": state.get("file_hash", old_hash),
