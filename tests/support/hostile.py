@@ -84,7 +84,7 @@ def check_hostile_outcome(db: psycopg.Connection, source: str, run_id: int, pref
     assert {key: value[:2] for key, value in rejected.items()} == {
         prefix + key: value for key, value in REJECTED.items()
     }
-    assert rejected[prefix + "overflow"][2] == {"id": prefix + "overflow", "value": "Infinity"}
+    assert rejected[prefix + "overflow"][2]["value"] == "Infinity"  # jsonb has no spelling for it
     assert rejected[prefix + "nan"][2]["value"] == {"inner": ["NaN"]}
     deep_raw = rejected[prefix + "deep"][2]  # too deep for jsonb in the API: kept as its JSON text
     assert isinstance(deep_raw, str) and json.loads(deep_raw)["tree"] == nested(300)
