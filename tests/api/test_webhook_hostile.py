@@ -20,7 +20,7 @@ from app.core.enqueue import enqueue_close_push
 from app.core.run_status import RunStatus
 from tests.api.test_webhooks import SECRET, signed_headers
 from tests.conftest import ARTIFACTS, ROOT
-from tests.support.hostile import check_hostile_outcome, hostile_records_json, huge_text
+from tests.support.hostile import BIG, check_hostile_outcome, hostile_records_json, huge_text
 from tests.support.pipeline import records, wait_for_run
 from workers.pipeline.reconcile import reconcile
 
@@ -42,6 +42,14 @@ async def test_hostile_records_in_a_signed_delivery_are_stored_exactly_or_reject
     run = wait_for_run(db, response.json()["run_id"], timeout_s=60)
     assert (run["status"], run["fetched"], run["inserted"], run["rejected"]) == (RunStatus.PARTIAL, 9, 6, 3), run
     check_hostile_outcome(db, "orders", run["id"])
+    # and they read back exactly, without a 500
+    record_id = db.execute("SELECT id FROM records WHERE external_id = 'big-value'").fetchone()[0]
+    one = await hook_client.get(f"/data/{record_id}")
+    assert one.status_code == 200 and one.json()["data"]["n"] == 3 * BIG, one.text
+    page = await hook_client.get("/data", params={"source": "orders"})
+    assert {item["data"]["order_id"] for item in page.json()["items"]} >= {BIG, BIG + 1}
+    rejected = await hook_client.get("/rejects", params={"run_id": run["id"]})
+    assert rejected.status_code == 200 and len(rejected.json()["items"]) == 3
 
 
 async def test_json_nested_deeper_than_can_be_read_is_refused_before_the_202(
