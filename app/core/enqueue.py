@@ -25,5 +25,8 @@ def enqueue_fetch(run_id: int) -> None:
 
 
 def enqueue_close_push(run_id: int, after_s: float) -> None:
-    """Close a webhook batching window after `after_s` seconds (far below the visibility timeout)."""
-    producer().send_task(CLOSE_PUSH_TASK, args=[run_id], countdown=after_s)
+    """Close a webhook batching window after `after_s` seconds (far below the visibility timeout).
+
+    One attempt, no retries: the deliveries are committed already, and the reconciler closes
+    a window whose message was never sent, so a broker outage must not hold up the answer."""
+    producer().send_task(CLOSE_PUSH_TASK, args=[run_id], countdown=after_s, retry=False)

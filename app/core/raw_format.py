@@ -9,6 +9,12 @@ The fetch stage appends a fifth element, the row's raw digest in hex, when it ha
 Rows of a tabular source (CSV) are stored as `[line, values, None, None, digest]`, with
 `values` a list in the order of the chunk's columns, which are stored once, in
 raw_chunks.columns: a chunk whose `columns` is NULL holds whole records only.
+
+Any valid JSON is stored as it was read (app/core/exact_json.py): a chunk that orjson
+cannot encode (an integer beyond 64 bits, nesting deeper than orjson's limit, a number no
+double holds) is written by the standard library's encoder instead, and read back by its
+decoder. Only a record nested deeper than MAX_RAW_DEPTH levels, which could not be read
+back safely, is stored as a parse error that says so.
 """
 
 from __future__ import annotations
@@ -17,7 +23,13 @@ from typing import Any
 
 import orjson
 
+from app.core import exact_json
+
 RawRow = list[Any]
+
+# Deeper records are stored as parse errors: the standard library's decoder recurses once
+# per level, and the rows must decode well within Python's recursion limit (1000).
+MAX_RAW_DEPTH = 500
 
 
 def raw_row(record: Any, line: int | None, error: str | None = None, raw_text: str | None = None) -> RawRow:
@@ -25,11 +37,21 @@ def raw_row(record: Any, line: int | None, error: str | None = None, raw_text: s
 
 
 def encode_rows(rows: list[RawRow]) -> bytes:
-    return orjson.dumps(rows, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        return orjson.dumps(rows, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return exact_json.exact_dumps([_storable(row) for row in rows])
+
+
+def _storable(row: RawRow) -> RawRow:
+    """The row, or a parse error in its place when its record nests too deeply to store."""
+    if row[1] is None or not exact_json.nesting_exceeds(row[1], MAX_RAW_DEPTH):
+        return row
+    return [row[0], None, f"nested deeper than {MAX_RAW_DEPTH} levels: not stored", None, *row[4:]]
 
 
 def decode_rows(payload: bytes) -> list[RawRow]:
-    return orjson.loads(payload)
+    return exact_json.loads_payload(payload)  # type: ignore[no-any-return]
 
 
 # The one statement that stores a raw chunk: the fetch stage, webhook intake and the push

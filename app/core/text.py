@@ -4,9 +4,12 @@ upsert writes with it, and the fetch stage's row keys are computed with it."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
+
+from app.core.exact_json import MAX_DEPTH, nesting_exceeds, stdlib_dumps
 
 NUL = "\x00"
 REPLACEMENT = "\ufffd"
@@ -26,20 +29,44 @@ def stored_key(external_id: str) -> str:
 
 
 def stored_json(value: Any) -> str | None:
-    """A value as jsonb text PostgreSQL accepts: NUL replaced in every string and key."""
+    """A value as jsonb text PostgreSQL accepts: NUL replaced in every string and key.
+
+    What orjson refuses is stored too (app/core/exact_json.py): integers beyond 64 bits
+    exactly; a number no double holds as its name ("Infinity", "NaN"), and a lone
+    surrogate as U+FFFD, since jsonb has no spelling for either; a value nested deeper
+    than MAX_DEPTH as its JSON text, a string."""
     if value is None:
         return None
-    text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    try:
+        text = orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError:
+        return _exact_stored_json(value)
     if b"\\u0000" in text:  # rare: only then pay for a scrubbing pass
         text = orjson.dumps(_scrub(value), option=orjson.OPT_NON_STR_KEYS)
     return text.decode()
 
 
+def _exact_stored_json(value: Any) -> str:
+    if nesting_exceeds(value, MAX_DEPTH):
+        return stdlib_dumps(stdlib_dumps(value))  # ASCII, any NUL or surrogate escaped: always accepted
+    scrubbed = _scrub(value)
+    try:
+        return orjson.dumps(scrubbed, option=orjson.OPT_NON_STR_KEYS).decode()
+    except orjson.JSONEncodeError:
+        return stdlib_dumps(scrubbed, ensure_ascii=False)  # integers beyond 64 bits
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
-        return value.replace(NUL, REPLACEMENT)
+        value = value.replace(NUL, REPLACEMENT)
+        return _SURROGATE.sub(REPLACEMENT, value) if not value.isascii() else value
     if isinstance(value, dict):
         return {_scrub(str(k)): _scrub(v) for k, v in value.items()}
     if isinstance(value, list):
         return [_scrub(v) for v in value]
+    if isinstance(value, float) and value - value != 0:  # NaN or ±Infinity
+        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity")
     return value

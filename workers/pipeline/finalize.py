@@ -132,7 +132,7 @@ def _advance_checkpoint(conn: psycopg.Connection, run: dict[str, Any]) -> None:
         _SAVE_CHECKPOINT,
         {
             "source": run["source"],
-            "value": stored_json(value),
+            "value": stored_json(value),  # exact: a checkpoint may be an integer beyond 64 bits
             "etag": state.get("etag", old_etag),
             "last_modified": state.get("last_modified", old_modified),
             "file_hash": state.get("file_hash", old_hash),

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from datetime import date, datetime
 from typing import Any
 
+from app.core import exact_json
 from app.core.sources_config import SourceConfig
 from workers.sources.base import Extraction, FetchState, PermanentError, RawItem, dotted_get
 from workers.sources.document import Document, open_local, open_remote, source_is_local
@@ -104,9 +105,11 @@ def _page_body(response: FetchedResponse) -> tuple[Any, str]:
 
 
 def parse_json(body: bytes, where: str) -> Any:
-    """The decoded body; anything unparsable is permanent (retrying returns the same bytes)."""
+    """The decoded body, exactly (big integers as ints, numbers no double holds as NonFinite,
+    for the normaliser to reject); anything unparsable is permanent (retrying returns the
+    same bytes)."""
     try:
-        return json.loads(body)
+        return exact_json.loads(body)
     except json.JSONDecodeError as exc:
         raise PermanentError(f"{where}: malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except UnicodeDecodeError as exc:

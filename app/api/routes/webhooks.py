@@ -6,7 +6,6 @@ import os
 from typing import Annotated
 
 import anyio
-import orjson
 import structlog
 from fastapi import APIRouter, Header, Path, Request
 from pydantic import BaseModel, Field
@@ -16,10 +15,14 @@ from app.api.errors import ApiError
 from app.api.responses import COMMON_ERRORS, error_responses
 from app.api.webhooks.intake import accept_delivery, delivery_rows
 from app.api.webhooks.signature import SignatureError, verify
+from app.core import exact_json
 from app.core.enqueue import enqueue_close_push
 
 log = structlog.get_logger("app.api.routes.webhooks")
 router = APIRouter(tags=["webhooks"])
+
+# The longest the answer waits for the window's close message to be sent.
+CLOSE_SEND_TIMEOUT_S = 1.0
 
 
 class WebhookAccepted(BaseModel):
@@ -76,9 +79,11 @@ async def receive_webhook(
         log.error("webhook_secret_invalid", source=source, error=str(exc))
         raise ApiError(503, f"webhook source {source!r} has an invalid secret") from None
     try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError:
+        payload = exact_json.loads(body)
+    except ValueError:
         raise ApiError(400, "body is not valid JSON") from None
+    except RecursionError:
+        raise ApiError(400, "body is nested too deeply to be read") from None
     if not isinstance(payload, (dict, list)):
         raise ApiError(422, "body must be a JSON object or an array of objects")
     if isinstance(payload, list) and not payload:
@@ -86,8 +91,19 @@ async def receive_webhook(
     assert webhook_id is not None  # verify() checked it
     intake = await accept_delivery(session, source=config, webhook_id=webhook_id, rows=delivery_rows(payload))
     if intake.opened_window:
-        await anyio.to_thread.run_sync(enqueue_close_push, intake.run_id, settings.webhook_window_s)
+        await _request_close(intake.run_id, settings.webhook_window_s)
     log.info("webhook_accepted", source=source, run_id=intake.run_id, accepted=intake.accepted,
              duplicate=intake.duplicate)
     return WebhookAccepted(accepted=0 if intake.duplicate else intake.accepted, run_id=intake.run_id,
                            duplicate=intake.duplicate)
+
+
+async def _request_close(run_id: int, after_s: float) -> None:
+    """Ask the workers to close the window after `after_s`. Never delays the 202 for long nor
+    fails it: the delivery is committed, and the reconciler closes a window whose close
+    message was not sent (an abandoned send may still complete in its thread)."""
+    try:
+        with anyio.fail_after(CLOSE_SEND_TIMEOUT_S):
+            await anyio.to_thread.run_sync(enqueue_close_push, run_id, after_s, abandon_on_cancel=True)
+    except Exception as exc:  # broker down or slow: logged, and left to the reconciler
+        log.warning("push_window_close_not_sent", run_id=run_id, error=f"{type(exc).__name__}: {exc}")

@@ -16,7 +16,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.core.raw_format import INSERT_RAW_CHUNK, raw_chunk_params, raw_row
+from app.core import exact_json
+from app.core.raw_format import INSERT_RAW_CHUNK, MAX_RAW_DEPTH, raw_chunk_params, raw_row
 from app.core.run_status import RunStatus
 from app.core.sources_config import SourceConfig
 from app.core.sql import named_params
@@ -35,9 +36,15 @@ def delivery_rows(body: Any) -> list[list[Any]]:
     items = body if isinstance(body, list) else [body]
     return [
         raw_row(item, position) if isinstance(item, dict)
-        else raw_row(None, position, "array element is not a JSON object", orjson.dumps(item).decode())
+        else raw_row(None, position, "array element is not a JSON object", _as_text(item))
         for position, item in enumerate(items, start=1)
     ]
+
+
+def _as_text(value: Any) -> str:
+    if exact_json.nesting_exceeds(value, MAX_RAW_DEPTH):
+        return f"(an array or object nested deeper than {MAX_RAW_DEPTH} levels)"
+    return exact_json.dumps(value).decode().lstrip()
 
 
 _CLAIM_DELIVERY = text(

@@ -15,6 +15,8 @@ from typing import Any
 
 import orjson
 
+from app.core import exact_json
+from app.core.exact_json import MAX_DEPTH, first_non_finite, nesting_exceeds, stdlib_dumps
 from app.core.sources_config import UNIFIED_FIELDS, SourceConfig
 from app.core.text import NUL, stored_key
 from workers.pipeline.incremental import IncrementalOrder, Position, UncomparableValue, is_after
@@ -28,6 +30,9 @@ COERCION_FAILED = "coercion_failed"
 PARSE_ERROR = "parse_error"
 SCHEMA_DRIFT = "schema_drift"
 INCREMENTAL_INVALID = "incremental_invalid"
+NON_FINITE_NUMBER = "non_finite_number"
+TOO_DEEP = "too_deep"
+UNSTORABLE = "unstorable"
 
 RSS_DEFAULT_FIELDS = {
     "title": "title",
@@ -51,6 +56,7 @@ class NormalizedRecord:
     content_hash: bytes
     raw_digest: bytes | None = None  # of the raw row it was made from (raw_digest.py)
     data_json: str | None = None  # `data` as JSON text (see content_of), written as it is
+    item: RawItem | None = None  # what it was made from, for a rejection at the upsert
 
 
 @dataclass(slots=True)
@@ -70,6 +76,11 @@ class NormalizedChunk:
     superseded: int = 0
     max_incremental: Any = None  # the greatest incremental value, in its stored form (incremental.py)
     observed: dict[str, str] = field(default_factory=dict)
+
+
+# Failures a record's own values can cause anywhere in normalising it: each rejects that
+# record. Not Exception: a task's time limit or a lost connection is no fault of a record.
+_RECORD_FAULTS = (ValueError, TypeError, ArithmeticError, LookupError, AttributeError, RecursionError)
 
 
 class _Rejected(Exception):
@@ -132,8 +143,11 @@ class Normalizer:
                     raise _Rejected(SCHEMA_DRIFT, "field not in the source's known schema", shapes[shape])
                 if incremental is not None:
                     greatest = _greater(incremental, data, greatest)
-            except _Rejected as rejected:
-                rejection = rejected.rejection
+            except (_Rejected, *_RECORD_FAULTS) as exc:  # what fails for one record fails that record only
+                if isinstance(exc, _Rejected):
+                    rejection = exc.rejection
+                else:
+                    rejection = Rejection(UNSTORABLE, f"could not be normalised: {type(exc).__name__}: {exc}")
                 rejection.line_no = item.line
                 rejection.raw = item.record if item.record is not None else item.raw_text
                 if item.record is not None and rejection.reason != MISSING_ID:
@@ -142,6 +156,7 @@ class Normalizer:
                 chunk.rejections.append(rejection)
                 continue
             record.raw_digest = item.digest
+            record.item = item
             key = record.external_id
             if NUL in key:  # one record as stored (stored_key): the upsert writes each key once
                 key = stored_key(key)
@@ -268,6 +283,11 @@ class Normalizer:
 
 
 _CANONICAL = orjson.OPT_SORT_KEYS | orjson.OPT_NON_STR_KEYS
+# orjson refuses to encode more than 254 levels: the data is encoded inside this many lists
+# (whose brackets are then cut off), so that orjson refuses exactly the records nested
+# deeper than MAX_DEPTH, at no cost to the others.
+_WRAPPING = 254 - MAX_DEPTH
+assert _WRAPPING == 4  # the lists around the data in content_of
 
 
 def content_of(texts: dict[str, str | None], published_at: datetime | None, data: dict[str, Any]) -> tuple[bytes, str]:
@@ -278,9 +298,16 @@ def content_of(texts: dict[str, str | None], published_at: datetime | None, data
     own encoding is hashed in place and then stored as the jsonb text (jsonb keeps no key
     order), instead of encoding the data twice. Kept as text: a retained orjson bytes
     object holds a whole page of memory.
+
+    What orjson refuses is rejected here (nesting deeper than MAX_DEPTH, a number no
+    double holds) or, for integers beyond 64 bits and lone surrogates, encoded by the
+    standard library: exactly, and always the same way for the same record.
     """
-    head = orjson.dumps([texts, published_at], option=_CANONICAL)  # b'[{...},null]'
-    data_json = orjson.dumps(data, option=_CANONICAL)
+    try:
+        head = orjson.dumps([texts, published_at], option=_CANONICAL)  # b'[{...},null]'
+        data_json = orjson.dumps([[[[data]]]], option=_CANONICAL)[_WRAPPING:-_WRAPPING]
+    except orjson.JSONEncodeError:
+        return _exact_content_of(texts, published_at, data)
     digest = hashlib.sha256(b"".join((head[:-1], b",", data_json, b"]"))).digest()
     return digest, data_json.decode()
 
@@ -295,6 +322,23 @@ def _greater(incremental: IncrementalOrder, data: dict[str, Any], greatest: Posi
         return position if greatest is None or is_after(position, greatest) else greatest
     except UncomparableValue as exc:
         raise _Rejected(INCREMENTAL_INVALID, str(exc), incremental.field) from None
+
+
+def _exact_content_of(
+    texts: dict[str, str | None], published_at: datetime | None, data: dict[str, Any]
+) -> tuple[bytes, str]:
+    """content_of for what orjson refused: a rejection, or the standard library's encoding."""
+    for key, value in data.items():
+        if nesting_exceeds(value, MAX_DEPTH - 1):
+            raise _Rejected(TOO_DEEP, f"nested deeper than {MAX_DEPTH} levels", str(key))
+    where = first_non_finite(data)
+    if where is not None:
+        raise _Rejected(NON_FINITE_NUMBER, "a number no double can hold (NaN, Infinity, or beyond ±1.8e308)", where)
+    head = stdlib_dumps([texts, published_at], sort_keys=True, ensure_ascii=False)
+    data_json = stdlib_dumps(data, sort_keys=True, ensure_ascii=False)
+    # surrogatepass: a lone surrogate is hashed here; the database refuses it later (upsert/isolation.py)
+    encoded = "".join((head[:-1], ",", data_json, "]")).encode("utf-8", "surrogatepass")
+    return hashlib.sha256(encoded).digest(), data_json
 
 
 def _is_flat(path: str) -> bool:
@@ -319,5 +363,5 @@ def _as_text(value: Any) -> str | None:
     if value is None or type(value) is str:
         return value
     if isinstance(value, (dict, list)):
-        return orjson.dumps(value).decode()
+        return exact_json.dumps(value).decode().lstrip()  # lstrip: the fallback's mark
     return str(value)

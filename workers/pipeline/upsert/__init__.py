@@ -1,7 +1,8 @@
 """Upsert: write one normalised chunk, its rejections and its ledger row in ONE transaction.
 
 The steps, in order: claim (claim.py: the run is active, the chunk's ledger row is
-inserted), records (records.py: those that changed), rejections (rejections.py), ledger
+inserted), records (records.py: those that changed, written so that a record the database
+refuses is rejected alone: isolation.py), rejections (rejections.py), ledger
 (ledger.py: the row's counts, the source's totals). Each step runs inside write_chunk's
 transaction and none commits: a chunk is written whole or not at all. Claiming first is
 what makes a chunk that runs twice change nothing the second time (see claim.py).
@@ -13,6 +14,7 @@ import psycopg
 
 from workers.pipeline.normalize.normalizer import NormalizedChunk
 from workers.pipeline.upsert.claim import claim
+from workers.pipeline.upsert.isolation import admissible, write_isolated
 from workers.pipeline.upsert.ledger import ChunkCounts, record_counts
 from workers.pipeline.upsert.records import write_records
 from workers.pipeline.upsert.rejections import write_rejections
@@ -39,9 +41,15 @@ def write_chunk(
     with conn.transaction():
         if not claim(conn, run_id=run_id, chunk_no=chunk_no):
             return None
-        inserted, updated = write_records(conn, source=source, run_id=run_id, records=chunk.records)
-        write_rejections(conn, run_id=run_id, source=source, chunk_no=chunk_no, rejections=chunk.rejections)
-        rejected = len(chunk.rejections)
+        records, refused = admissible(chunk.records)
+        inserted, updated, unstorable = write_isolated(
+            conn, records,
+            lambda part, fresh_stage: write_records(conn, source=source, run_id=run_id, records=part,
+                                                    fresh_stage=fresh_stage),
+        )
+        rejections = [*chunk.rejections, *refused, *unstorable]
+        write_rejections(conn, run_id=run_id, source=source, chunk_no=chunk_no, rejections=rejections)
+        rejected = len(rejections)
         counts = ChunkCounts(
             fetched=fetched + skipped,
             inserted=inserted,

@@ -115,15 +115,17 @@ WHERE r.source = %(source)s AND r.external_id = d.id
 
 
 def write_records(
-    conn: psycopg.Connection, *, source: str, run_id: int, records: list[NormalizedRecord]
+    conn: psycopg.Connection, *, source: str, run_id: int, records: list[NormalizedRecord], fresh_stage: bool = False
 ) -> tuple[int, int]:
-    """Write the chunk's records that differ from the stored ones; (inserted, updated)."""
+    """Write the chunk's records that differ from the stored ones; (inserted, updated).
+    `fresh_stage`: empty the staging table first (records of this transaction may be there)."""
     if not records:
         return 0, 0
     changed, look_new = _without_unchanged(conn, source, run_id, records)
     if not changed:
         return 0, 0
-    return _write_records(conn, source=source, run_id=run_id, records=changed, look_new=look_new)
+    return _write_records(conn, source=source, run_id=run_id, records=changed, look_new=look_new,
+                          fresh_stage=fresh_stage)
 
 
 def _stage_row(rec: NormalizedRecord) -> tuple[Any, ...]:
@@ -173,7 +175,8 @@ def _without_unchanged(
 
 
 def _write_records(
-    conn: psycopg.Connection, *, source: str, run_id: int, records: list[NormalizedRecord], look_new: bool
+    conn: psycopg.Connection, *, source: str, run_id: int, records: list[NormalizedRecord], look_new: bool,
+    fresh_stage: bool,
 ) -> tuple[int, int]:
     """Write the records (sorted by key: concurrent chunks take index locks in one order);
     (inserted, updated)."""
@@ -187,6 +190,8 @@ def _write_records(
         except psycopg.errors.UniqueViolation:
             pass  # some key is stored after all: the upsert sorts it out
     conn.execute(_STAGE_DDL)
+    if fresh_stage:
+        conn.execute("DELETE FROM stage_records")
     with conn.cursor().copy(_COPY_STAGE) as copy:
         write_row = copy.write_row
         for rec in records:
