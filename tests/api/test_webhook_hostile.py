@@ -22,7 +22,7 @@ from tests.api.test_webhooks import SECRET, signed_headers
 from tests.conftest import ARTIFACTS, ROOT
 from tests.support.hostile import BIG, check_hostile_outcome, hostile_records_json, huge_text
 from tests.support.pipeline import records, wait_for_run
-from workers.pipeline.reconcile import reconcile
+from workers.pipeline.reconcile import reconcile_stalled
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_a_delivery_stored_while_the_broker_is_down_is_202_at_once_and_lands_aft
     assert db.execute("SELECT chunks_total FROM runs WHERE id = %s", (run_id,)).fetchone() == (None,)  # no close sent
     # The reconciler's pass (as beat runs it, with a timeout the test can wait for) closes the window.
     with psycopg.connect(db.info.dsn) as conn:
-        report = reconcile(conn, timeout_s=1, max_attempts=5, enqueue_fetch=lambda _run_id: None,
+        report = reconcile_stalled(conn, timeout_s=1, max_attempts=5, enqueue_fetch=lambda _run_id: None,
                            enqueue_chunk=lambda _run_id, _chunk_no: None,
                            enqueue_close_push=lambda window: enqueue_close_push(window, 0))
     assert report.push_windows_closed == [run_id]
