@@ -30,14 +30,14 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 
 from app.core.redaction import redact
 from app.core.sources_config import SourceConfig
 from workers.sources.base import PermanentError, TransientError
-from workers.sources.files import ContentDigest
+from workers.sources.files import READ_CHUNK_BYTES, ContentDigest
 from workers.sources.redirects import RedirectPolicy, redirect_location
 from workers.sources.retry import RetryPolicy, parse_retry_after
 
@@ -48,6 +48,7 @@ T = TypeVar("T")
 USER_AGENT = "ingest/0.1"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 100 * 1024 * 1024
+SPOOL_IN_MEMORY_BYTES = 1024 * 1024  # a spooled body larger than this waits on disk
 _EXCERPT_BYTES = 2048
 _EXCERPT_CHARS = 200
 
@@ -77,6 +78,23 @@ class FetchedResponse:
     def validators(self) -> dict[str, str | None]:
         """The ETag / Last-Modified to send next time (None clears a stale stored value)."""
         return {"etag": self.headers.get("etag"), "last_modified": self.headers.get("last-modified")}
+
+
+@dataclass(slots=True)
+class SpooledResponse:
+    """A response whose body waits in a temporary file (in memory while small): read it in
+    chunks, so a large body is never held whole. The caller owns it and must close() it."""
+
+    head: FetchedResponse  # status, url, headers and links; its body is empty
+    file: IO[bytes]
+
+    def chunks(self) -> Iterator[bytes]:
+        self.file.seek(0)
+        while chunk := self.file.read(READ_CHUNK_BYTES):
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass(slots=True)
@@ -228,6 +246,40 @@ class HttpFetcher:
                     body=bytes(body),
                     links={str(rel): link for rel, link in response.links.items()},
                 )
+
+        return self._with_retries(attempt, secrets)
+
+    def get_spooled(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> SpooledResponse:
+        """GET like get(), the body spooled to a temporary file instead of kept in memory."""
+        conditional = _conditional_headers(etag, last_modified)
+        secrets = [*self._secrets, *(headers or {}).values()]
+
+        def attempt() -> SpooledResponse:
+            with self._exchange(url, params, headers or {}, conditional, secrets) as exchange:
+                response = exchange.response
+                spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="ingest-")  # noqa: SIM115
+                try:
+                    if response.status_code != 304:
+                        self._stream_body(exchange, spool.write)
+                except BaseException:
+                    spool.close()
+                    raise
+                head = FetchedResponse(
+                    status=response.status_code,
+                    url=str(response.url),
+                    headers=response.headers,
+                    body=b"",
+                    links={str(rel): link for rel, link in response.links.items()},
+                )
+                return SpooledResponse(head=head, file=spool)
 
         return self._with_retries(attempt, secrets)
 
