@@ -239,13 +239,7 @@ class HttpFetcher:
                 body = bytearray()
                 if response.status_code != 304:
                     self._stream_body(exchange, body.extend)
-                return FetchedResponse(
-                    status=response.status_code,
-                    url=str(response.url),
-                    headers=response.headers,
-                    body=bytes(body),
-                    links={str(rel): link for rel, link in response.links.items()},
-                )
+                return _fetched(response, bytes(body))
 
         return self._with_retries(attempt, secrets)
 
@@ -265,21 +259,14 @@ class HttpFetcher:
         def attempt() -> SpooledResponse:
             with self._exchange(url, params, headers or {}, conditional, secrets) as exchange:
                 response = exchange.response
-                spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="ingest-")  # noqa: SIM115
+                spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="ingest-")
                 try:
                     if response.status_code != 304:
                         self._stream_body(exchange, spool.write)
                 except BaseException:
                     spool.close()
                     raise
-                head = FetchedResponse(
-                    status=response.status_code,
-                    url=str(response.url),
-                    headers=response.headers,
-                    body=b"",
-                    links={str(rel): link for rel, link in response.links.items()},
-                )
-                return SpooledResponse(head=head, file=spool)
+                return SpooledResponse(head=_fetched(response, b""), file=spool)
 
         return self._with_retries(attempt, secrets)
 
@@ -463,6 +450,13 @@ class HttpFetcher:
                 raise TransientError(overdue) from None
             # RemoteProtocolError here is a body cut short of its Content-Length: worth another try.
             raise TransientError(f"GET {exchange.where}: body incomplete: {type(exc).__name__}") from None
+
+
+def _fetched(response: httpx.Response, body: bytes) -> FetchedResponse:
+    links = {str(rel): link for rel, link in response.links.items()}
+    return FetchedResponse(
+        status=response.status_code, url=str(response.url), headers=response.headers, body=body, links=links
+    )
 
 
 def _conditional_headers(etag: str | None, last_modified: str | None) -> dict[str, str]:
