@@ -6,6 +6,7 @@ so an operator never has to guess which line to fix.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -23,6 +24,7 @@ OnDrift = Literal["record", "reject", "pause"]
 _EVERY_RE = re.compile(r"^every\s+(\d+)\s*([smh])$")
 _ENV_REF_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+_HOST_LABEL_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600}
 
 
@@ -82,6 +84,7 @@ class SourceConfig(BaseModel):
     incremental_field: str | None = None
     since_param: str = ""
     headers: dict[str, str] = Field(default_factory=dict)
+    redirect_hosts: list[str] = Field(default_factory=list)
     schedule: str = "every 15m"
     chunk_size: int = Field(1000, ge=1, le=100_000)
     enabled: bool = True
@@ -114,6 +117,11 @@ class SourceConfig(BaseModel):
             raise ValueError("delimiter must be exactly one character")
         return value
 
+    @field_validator("redirect_hosts")
+    @classmethod
+    def _host_names(cls, value: list[str]) -> list[str]:
+        return [_host_name(entry) for entry in value]
+
     @field_validator("fields")
     @classmethod
     def _known_unified_fields(cls, value: dict[str, str]) -> dict[str, str]:
@@ -134,6 +142,8 @@ class SourceConfig(BaseModel):
             raise ValueError("'pagination' applies to kind 'http_json' only")
         if self.incremental_field and self.types.get(self.incremental_field) == "bool":
             raise ValueError("'incremental_field' cannot be a bool field: true/false have no order to resume from")
+        if self.redirect_hosts and self.kind == "webhook":
+            raise ValueError("'redirect_hosts' applies to pulled sources only, not kind 'webhook'")
         return self
 
     @property
@@ -160,6 +170,26 @@ class SourceConfig(BaseModel):
     def snapshot(self) -> dict[str, Any]:
         """JSON-able config stored with each run; ${VAR} references stay unexpanded."""
         return self.model_dump(mode="json")
+
+
+def _host_name(entry: str) -> str:
+    """A host name or IP address alone, lowercased; anything else names what to remove."""
+    text = entry.strip().lower()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]")))
+    except ValueError:
+        pass
+    try:
+        ascii_name = text.encode("idna").decode("ascii")
+    except UnicodeError:
+        ascii_name = ""
+    labels = ascii_name.rstrip(".").split(".")
+    if not ascii_name or len(ascii_name) > 253 or not all(_HOST_LABEL_RE.match(label) for label in labels):
+        raise ValueError(
+            f"{entry!r} is not a host name: give the host alone, e.g. 'cdn.example.com' "
+            "(no scheme, port, path or wildcard)"
+        )
+    return text.rstrip(".")
 
 
 UNIFIED_FIELDS = frozenset({"title", "content", "author", "url", "published_at"})

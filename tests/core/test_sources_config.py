@@ -39,6 +39,11 @@ def test_default_sources_file_is_valid() -> None:
         ('[sources.a]\nkind = "csv"\nurl = "x.csv"\nid_field = "id"\nincremental_field = "done"\n'
          '[sources.a.types]\ndone = "bool"', ["source 'a'", "'incremental_field' cannot be a bool field"]),
         ("[sources.a\nkind=", ["not valid TOML"]),
+        ('[sources.a]\nkind = "http_json"\nurl = "http://a/"\nid_field = "id"\nredirect_hosts = ["https://cdn.example.com"]',
+         ["source 'a'", "key 'redirect_hosts'", "'https://cdn.example.com' is not a host name"]),
+        ('[sources.a]\nkind = "csv"\nurl = "http://a/"\nid_field = "id"\nredirect_hosts = ["cdn.example.com:8443"]',
+         ["key 'redirect_hosts'", "no scheme, port, path or wildcard"]),
+        ('[sources.a]\nkind = "rss"\nurl = "http://a/"\nredirect_hosts = "cdn.example.com"', ["key 'redirect_hosts'"]),
     ],
 )
 def test_bad_configuration_names_file_source_and_key(tmp_path: Path, body: str, expected: list[str]) -> None:

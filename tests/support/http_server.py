@@ -45,9 +45,12 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 class LocalHTTPServer:
-    """Start with `with LocalHTTPServer() as server:`; add routes with `server.route(path, handler)`."""
+    """Start with `with LocalHTTPServer() as server:`; add routes with `server.route(path, handler)`.
 
-    def __init__(self) -> None:
+    `host` is any loopback address: 127.0.0.2 is another host than 127.0.0.1 to a client.
+    """
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
         self.routes: dict[str, Handler] = {}
         self.requests: list[Request] = []
         outer = self
@@ -84,7 +87,7 @@ class LocalHTTPServer:
 
             do_GET = do_POST = do_HEAD = _serve
 
-        self._server = _QuietServer(("127.0.0.1", 0), _Handler)
+        self._server = _QuietServer((host, 0), _Handler)
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
 
     @property

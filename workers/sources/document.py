@@ -1,9 +1,10 @@
-"""Opening a source that is one document (a JSON page, a feed): local file or conditional GET.
+"""Opening a source that is one document parsed whole (a feed): local file or conditional GET.
 
-http_json and rss both start the same way, and both can skip all work when nothing
-changed: a local file whose SHA-256 equals the stored one, or an upstream answering 304
-to If-None-Match / If-Modified-Since. The validators to store for next time come back
-in `new_state`, which the pipeline saves only once the run succeeded.
+Such a source can skip all work when nothing changed: a local file whose SHA-256 equals
+the stored one, or an upstream answering 304 to If-None-Match / If-Modified-Since. The
+validators to store for next time come back in `new_state`, which the pipeline saves
+only once the run succeeded. (http_json checks the same way but never holds a document
+whole: see http_json.py.)
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any
 from app.core.sources_config import SourceConfig
 from workers.sources.base import FetchState
 from workers.sources.files import is_local, local_path, read_file
-from workers.sources.http import FetchedResponse, HttpFetcher, describe_url
+from workers.sources.http import HttpFetcher, describe_url
 
 
 @dataclass(slots=True)
@@ -25,7 +26,6 @@ class Document:
     where: str  # the path or URL, for error messages
     not_modified: bool = False
     new_state: dict[str, Any] = field(default_factory=dict)
-    response: FetchedResponse | None = None  # None for a local file
 
 
 def open_local(source: SourceConfig, state: FetchState) -> Document:
@@ -38,26 +38,19 @@ def open_local(source: SourceConfig, state: FetchState) -> Document:
     return Document(body=body, where=str(path), new_state={"file_hash": digest.sha256})
 
 
-def open_remote(
-    source: SourceConfig,
-    state: FetchState,
-    fetcher: HttpFetcher,
-    params: dict[str, Any] | None = None,
-) -> Document:
+def open_remote(source: SourceConfig, state: FetchState, fetcher: HttpFetcher) -> Document:
     """GET the source url conditionally, with the source's resolved headers."""
     assert source.url is not None
     response = fetcher.get(
         source.url,
-        params,
+        None,
         source.resolved_headers(),
         etag=state.etag,
         last_modified=state.last_modified,
     )
     if response.not_modified:
-        return Document(body=b"", where=describe_url(response.url), not_modified=True, response=response)
-    return Document(
-        body=response.body, where=describe_url(response.url), new_state=response.validators(), response=response
-    )
+        return Document(body=b"", where=describe_url(response.url), not_modified=True)
+    return Document(body=response.body, where=describe_url(response.url), new_state=response.validators())
 
 
 def source_is_local(source: SourceConfig) -> bool:

@@ -86,7 +86,7 @@ def _open_checked(path: Path, max_bytes: int) -> BinaryIO:
         raise PermanentError(f"permission denied reading {path}") from None
 
 
-def _capped_chunks(path: Path, max_bytes: int) -> Iterator[bytes]:
+def capped_chunks(path: Path, max_bytes: int) -> Iterator[bytes]:
     """Yield the file's bytes; the cap is re-checked while reading because a file can grow."""
     total = 0
     with _open_checked(path, max_bytes) as handle:
@@ -100,7 +100,7 @@ def _capped_chunks(path: Path, max_bytes: int) -> Iterator[bytes]:
 def digest_file(path: Path, max_bytes: int) -> ContentDigest:
     """Stream the file once through a ContentDigest, without keeping its bytes."""
     digest = ContentDigest()
-    for chunk in _capped_chunks(path, max_bytes):
+    for chunk in capped_chunks(path, max_bytes):
         digest.update(chunk)
     digest.finish()
     return digest
@@ -110,7 +110,7 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, ContentDigest]:
     """The whole file (for formats parsed as one document: JSON, XML) and its digest."""
     digest = ContentDigest()
     parts = []
-    for chunk in _capped_chunks(path, max_bytes):
+    for chunk in capped_chunks(path, max_bytes):
         digest.update(chunk)
         parts.append(chunk)
     digest.finish()

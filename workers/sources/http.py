@@ -12,7 +12,10 @@ Every connector fetches through HttpFetcher, so the rules hold everywhere alike:
   PermanentError;
 * error messages never contain header values or the query string, since either may
   carry a secret; transport exceptions are re-raised `from None` so a traceback does
-  not print them either.
+  not print them either;
+* redirects are followed here, hop by hop, under the source's RedirectPolicy
+  (workers/sources/redirects.py): the configured headers never leave the source's own
+  origin, and a refused redirect is a PermanentError naming the host.
 """
 
 from __future__ import annotations
@@ -27,14 +30,15 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import IO, Any, TypeVar
 
 import httpx
 
 from app.core.redaction import redact
 from app.core.sources_config import SourceConfig
 from workers.sources.base import PermanentError, TransientError
-from workers.sources.files import ContentDigest
+from workers.sources.files import READ_CHUNK_BYTES, ContentDigest
+from workers.sources.redirects import RedirectPolicy, redirect_location
 from workers.sources.retry import RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
@@ -44,6 +48,7 @@ T = TypeVar("T")
 USER_AGENT = "ingest/0.1"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 100 * 1024 * 1024
+SPOOL_IN_MEMORY_BYTES = 1024 * 1024  # a spooled body larger than this waits on disk
 _EXCERPT_BYTES = 2048
 _EXCERPT_CHARS = 200
 
@@ -73,6 +78,23 @@ class FetchedResponse:
     def validators(self) -> dict[str, str | None]:
         """The ETag / Last-Modified to send next time (None clears a stale stored value)."""
         return {"etag": self.headers.get("etag"), "last_modified": self.headers.get("last-modified")}
+
+
+@dataclass(slots=True)
+class SpooledResponse:
+    """A response whose body waits in a temporary file (in memory while small): read it in
+    chunks, so a large body is never held whole. The caller owns it and must close() it."""
+
+    head: FetchedResponse  # status, url, headers and links; its body is empty
+    file: IO[bytes]
+
+    def chunks(self) -> Iterator[bytes]:
+        self.file.seek(0)
+        while chunk := self.file.read(READ_CHUNK_BYTES):
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
 
 
 @dataclass(slots=True)
@@ -162,13 +184,16 @@ class HttpFetcher:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         retry: RetryPolicy | None = None,
         secrets: Iterable[str] = (),
+        redirects: RedirectPolicy | None = None,
         client: httpx.Client | None = None,
     ):
         self.timeout_s = timeout_s
         self.max_response_bytes = max_response_bytes
         self.retry = retry or RetryPolicy()
+        self.redirects = redirects or RedirectPolicy()
         self._secrets = [s for s in secrets if s]
-        self._client = client or httpx.Client(follow_redirects=True, headers={"User-Agent": USER_AGENT})
+        # Redirects are followed by _exchange, never by httpx: it would carry custom headers to any host.
+        self._client = client or httpx.Client(follow_redirects=False, headers={"User-Agent": USER_AGENT})
         self._owns_client = client is None
 
     @classmethod
@@ -180,6 +205,7 @@ class HttpFetcher:
             max_response_bytes=source.max_response_bytes,
             retry=retry,
             secrets=secrets,
+            redirects=RedirectPolicy.for_source(source.url, source.redirect_hosts),
         )
 
     def close(self) -> None:
@@ -204,22 +230,43 @@ class HttpFetcher:
         last_modified: str | None = None,
     ) -> FetchedResponse:
         """GET the whole body (retrying transient failures); a 304 comes back with `not_modified`."""
-        request_headers = _conditional_headers(headers, etag, last_modified)
+        conditional = _conditional_headers(etag, last_modified)
         secrets = [*self._secrets, *(headers or {}).values()]
 
         def attempt() -> FetchedResponse:
-            with self._exchange(url, params, request_headers, secrets) as exchange:
+            with self._exchange(url, params, headers or {}, conditional, secrets) as exchange:
                 response = exchange.response
                 body = bytearray()
                 if response.status_code != 304:
                     self._stream_body(exchange, body.extend)
-                return FetchedResponse(
-                    status=response.status_code,
-                    url=str(response.url),
-                    headers=response.headers,
-                    body=bytes(body),
-                    links={str(rel): link for rel, link in response.links.items()},
-                )
+                return _fetched(response, bytes(body))
+
+        return self._with_retries(attempt, secrets)
+
+    def get_spooled(
+        self,
+        url: str,
+        params: dict[str, Any] | None = None,
+        headers: dict[str, str] | None = None,
+        *,
+        etag: str | None = None,
+        last_modified: str | None = None,
+    ) -> SpooledResponse:
+        """GET like get(), the body spooled to a temporary file instead of kept in memory."""
+        conditional = _conditional_headers(etag, last_modified)
+        secrets = [*self._secrets, *(headers or {}).values()]
+
+        def attempt() -> SpooledResponse:
+            with self._exchange(url, params, headers or {}, conditional, secrets) as exchange:
+                response = exchange.response
+                spool = tempfile.SpooledTemporaryFile(max_size=SPOOL_IN_MEMORY_BYTES, prefix="ingest-")
+                try:
+                    if response.status_code != 304:
+                        self._stream_body(exchange, spool.write)
+                except BaseException:
+                    spool.close()
+                    raise
+                return SpooledResponse(head=_fetched(response, b""), file=spool)
 
         return self._with_retries(attempt, secrets)
 
@@ -233,11 +280,11 @@ class HttpFetcher:
         suffix: str = ".download",
     ) -> Download:
         """Stream the body to a temporary file, hashing it on the way; the file never sits in memory."""
-        request_headers = _conditional_headers(headers, etag, last_modified)
+        conditional = _conditional_headers(etag, last_modified)
         secrets = [*self._secrets, *(headers or {}).values()]
 
         def attempt() -> Download:
-            with self._exchange(url, None, request_headers, secrets) as exchange:
+            with self._exchange(url, None, headers or {}, conditional, secrets) as exchange:
                 response = exchange.response
                 if response.status_code == 304:
                     return Download(path=None, digest=None, not_modified=True)
@@ -287,25 +334,38 @@ class HttpFetcher:
 
     @contextmanager
     def _exchange(
-        self, url: str, params: dict[str, Any] | None, headers: dict[str, str], secrets: list[str]
+        self,
+        url: str,
+        params: dict[str, Any] | None,
+        headers: dict[str, str],
+        conditional: dict[str, str],
+        secrets: list[str],
     ) -> Iterator[_Exchange]:
-        """Send the request and classify what comes back; yields a response whose status is 2xx or 304."""
+        """Send the request, follow its redirects, classify what comes back; yields a 2xx or 304.
+
+        `headers` are the source's configured ones (often secret): they go only to the source's
+        own origin (RedirectPolicy). `conditional` (validators) follow every allowed redirect.
+        """
         deadline = time.monotonic() + self.timeout_s
         where = describe_url(url)
         try:
             # httpx would replace the url's own query with `params`; a next-page link needs them merged.
-            target = httpx.URL(url).copy_merge_params(params) if params else httpx.URL(url)
-            request = self._client.build_request("GET", target, headers=headers, timeout=self.timeout_s)
-            response = self._client.send(request, stream=True)
-        except httpx.TimeoutException:
-            raise TransientError(f"GET {where}: no response within {self.timeout_s:g}s") from None
-        except (httpx.LocalProtocolError, UnicodeEncodeError):
-            # h11 quotes the offending header value in its message: say nothing about it.
-            raise PermanentError(f"GET {where}: request could not be sent (invalid header value?)") from None
-        except (httpx.UnsupportedProtocol, httpx.InvalidURL, httpx.TooManyRedirects) as exc:
+            start = httpx.URL(url).copy_merge_params(params) if params else httpx.URL(url)
+        except httpx.InvalidURL as exc:
             raise PermanentError(f"GET {where}: {redact(str(exc), secrets)}") from None
-        except httpx.TransportError as exc:
-            raise TransientError(f"GET {where}: {type(exc).__name__}: {redact(str(exc), secrets)}") from None
+        target, with_headers, hops = start, self.redirects.sends_headers(start, start), 0
+        while True:
+            sent = {**headers, **conditional} if with_headers else dict(conditional)
+            response = self._send(target, sent, deadline, where, secrets)
+            location = redirect_location(response)
+            if location is None:
+                break
+            response.close()
+            hops += 1
+            if hops > self.redirects.max_redirects:
+                raise PermanentError(f"GET {where}: more than {self.redirects.max_redirects} redirects")
+            hop = self.redirects.follow(start, response.url, location, where)
+            target, with_headers = hop.url, hop.with_headers
         watchdog = _Watchdog(response, deadline)
         # A stalled read should not wait a whole timeout_s past the deadline either.
         timeouts = response.request.extensions.get("timeout")
@@ -318,6 +378,26 @@ class HttpFetcher:
         finally:
             watchdog.cancel()
             response.close()
+
+    def _send(
+        self, target: httpx.URL, headers: dict[str, str], deadline: float, where: str, secrets: list[str]
+    ) -> httpx.Response:
+        """One request of a redirect chain, its transport failures classified."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TransientError(f"GET {where}: exceeded the total deadline of {self.timeout_s:g}s")
+        try:
+            request = self._client.build_request("GET", target, headers=headers, timeout=remaining)
+            return self._client.send(request, stream=True, follow_redirects=False)
+        except httpx.TimeoutException:
+            raise TransientError(f"GET {where}: no response within {self.timeout_s:g}s") from None
+        except (httpx.LocalProtocolError, UnicodeEncodeError):
+            # h11 quotes the offending header value in its message: say nothing about it.
+            raise PermanentError(f"GET {where}: request could not be sent (invalid header value?)") from None
+        except (httpx.UnsupportedProtocol, httpx.InvalidURL) as exc:
+            raise PermanentError(f"GET {where}: {redact(str(exc), secrets)}") from None
+        except httpx.TransportError as exc:
+            raise TransientError(f"GET {where}: {type(exc).__name__}: {redact(str(exc), secrets)}") from None
 
     def _check_status(self, exchange: _Exchange, secrets: list[str]) -> None:
         status = exchange.response.status_code
@@ -372,8 +452,15 @@ class HttpFetcher:
             raise TransientError(f"GET {exchange.where}: body incomplete: {type(exc).__name__}") from None
 
 
-def _conditional_headers(headers: dict[str, str] | None, etag: str | None, last_modified: str | None) -> dict[str, str]:
-    merged = dict(headers or {})
+def _fetched(response: httpx.Response, body: bytes) -> FetchedResponse:
+    links = {str(rel): link for rel, link in response.links.items()}
+    return FetchedResponse(
+        status=response.status_code, url=str(response.url), headers=response.headers, body=body, links=links
+    )
+
+
+def _conditional_headers(etag: str | None, last_modified: str | None) -> dict[str, str]:
+    merged: dict[str, str] = {}
     if etag:
         merged["If-None-Match"] = etag
     if last_modified:

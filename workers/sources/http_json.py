@@ -2,22 +2,27 @@
 
 The first request is made eagerly, inside extract(), because only it can say "not
 modified" (304, or an unchanged file hash) and only it carries the validators to store.
-Every later page is fetched lazily, as the items are consumed, so a source of any size
-is held in memory one page at a time.
+Every later page is fetched lazily, as the items are consumed. A body is never held
+whole: it is spooled to a temporary file (a local file is read in place) and its records
+are read one at a time (workers/sources/json_records.py), so worker memory stays bounded
+by the chunk size whatever the size of a document. Only a source whose records cannot be
+read that way (json_records.streamable) has each document parsed whole.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import date, datetime
 from typing import Any
 
 from app.core import exact_json
 from app.core.sources_config import SourceConfig
 from workers.sources.base import Extraction, FetchState, PermanentError, RawItem, dotted_get
-from workers.sources.document import Document, open_local, open_remote, source_is_local
-from workers.sources.http import FetchedResponse, HttpFetcher, describe_url
+from workers.sources.document import source_is_local
+from workers.sources.files import capped_chunks, digest_file, local_path
+from workers.sources.http import HttpFetcher, SpooledResponse, describe_url
+from workers.sources.json_records import JsonRecords, Rejected, streamable
 from workers.sources.pagination import PageRequest, Paginator, paginator_for
 
 
@@ -25,11 +30,13 @@ def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None
     """Open the source; items are RawItem per element of the record list, page after page."""
     if source_is_local(source):
         # A local file is one document: pagination and since_param have nothing to act on.
-        document = open_local(source, state)
-        if document.not_modified:
+        assert source.url is not None
+        path = local_path(source.url)
+        digest = digest_file(path, source.max_response_bytes)
+        if state.file_hash is not None and digest.sha256 == state.file_hash:
             return Extraction(items=iter(()), not_modified=True)
-        records = records_in(parse_json(document.body, document.where), source.records_path, document.where)
-        return Extraction(items=items_of(records, first_position=1), new_state=document.new_state)
+        reader = records_reader(source, capped_chunks(path, source.max_response_bytes), str(path))
+        return Extraction(items=items_of(reader, first_position=1), new_state={"file_hash": digest.sha256})
 
     owned = fetcher is None
     active = fetcher or HttpFetcher.for_source(source)
@@ -37,17 +44,20 @@ def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None
         paginator = paginator_for(source)
         assert source.url is not None
         first = paginator.first(source.url, base_params(source, state))
-        document = open_remote(source, state, active, first.params)
+        page = active.get_spooled(
+            source.url, first.params, source.resolved_headers(), etag=state.etag, last_modified=state.last_modified
+        )
     except BaseException:
         if owned:
             active.close()
         raise
-    if document.not_modified:
+    if page.head.not_modified:
+        page.close()
         if owned:
             active.close()
         return Extraction(items=iter(()), not_modified=True)
-    items = _walk(source, active, paginator, first, document, close_fetcher=owned)
-    return Extraction(items=items, new_state=document.new_state)
+    items = _walk(source, active, paginator, first, page, close_fetcher=owned)
+    return Extraction(items=items, new_state=page.head.validators())
 
 
 def base_params(source: SourceConfig, state: FetchState) -> dict[str, Any]:
@@ -68,40 +78,62 @@ def _walk(
     fetcher: HttpFetcher,
     paginator: Paginator,
     request: PageRequest,
-    document: Document,
+    page: SpooledResponse,
     *,
     close_fetcher: bool,
 ) -> Iterator[RawItem]:
     headers = source.resolved_headers()
-    response = document.response
-    assert response is not None
-    body, where = parse_json(document.body, document.where), document.where
     position, pages = 1, 1
     try:
         while True:
-            records = records_in(body, source.records_path, where)
-            yield from items_of(records, first_position=position)
-            position += len(records)
-            following = paginator.next(request, body, len(records), response)
+            reader = records_reader(source, page.chunks(), describe_url(page.head.url))
+            before = position
+            for item in items_of(reader, first_position=position):
+                position += 1
+                yield item
+            page.close()
+            following = paginator.next(request, reader.rest, position - before, page.head)
             if following is None:
                 return
             if pages >= source.max_pages:
                 raise PermanentError(
-                    f"{where}: more than max_pages={source.max_pages} pages; is the pagination terminating?"
+                    f"{describe_url(page.head.url)}: more than max_pages={source.max_pages} pages; "
+                    "is the pagination terminating?"
                 )
             request, pages = following, pages + 1
-            response = fetcher.get(request.url, request.params, headers)
-            body, where = _page_body(response)
+            page = fetcher.get_spooled(request.url, request.params, headers)
+            if page.head.not_modified:  # only the first request is conditional; a 304 later is a broken server
+                raise PermanentError(f"{describe_url(page.head.url)}: unexpected 304 Not Modified for a follow-up page")
     finally:
+        page.close()
         if close_fetcher:
             fetcher.close()
 
 
-def _page_body(response: FetchedResponse) -> tuple[Any, str]:
-    where = describe_url(response.url)
-    if response.not_modified:  # only the first request is conditional; a 304 later is a broken server
-        raise PermanentError(f"{where}: unexpected 304 Not Modified for a follow-up page")
-    return parse_json(response.body, where), where
+class WholeDocument:
+    """The records of a document parsed whole, for sources json_records cannot stream;
+    the same interface as JsonRecords (`rest` is the whole body)."""
+
+    def __init__(self, chunks: Iterable[bytes], records_path: str, where: str):
+        self._chunks = chunks
+        self._records_path = records_path
+        self._where = where
+        self.rest: Any = None
+
+    def __iter__(self) -> Iterator[Any]:
+        self.rest = parse_json(b"".join(self._chunks), self._where)
+        for element in records_in(self.rest, self._records_path, self._where):
+            if isinstance(element, dict):
+                yield element
+            else:
+                yield Rejected("not an object", json.dumps(element, ensure_ascii=False))
+
+
+def records_reader(source: SourceConfig, chunks: Iterable[bytes], where: str) -> JsonRecords | WholeDocument:
+    """How the source's documents are read: record by record when they can be, else whole."""
+    if streamable(source.records_path, source.pagination, source.next_cursor_path):
+        return JsonRecords(chunks, source.records_path, where)
+    return WholeDocument(chunks, source.records_path, where)
 
 
 def parse_json(body: bytes, where: str) -> Any:
@@ -132,12 +164,10 @@ def records_in(body: Any, records_path: str, where: str) -> list[Any]:
     )
 
 
-def items_of(records: list[Any], *, first_position: int) -> Iterator[RawItem]:
-    """One RawItem per element; a non-object element is kept as a rejection with its JSON text."""
-    for offset, element in enumerate(records):
-        position = first_position + offset
-        if isinstance(element, dict):
-            yield RawItem(record=element, line=position)
+def items_of(elements: Iterable[Any], *, first_position: int) -> Iterator[RawItem]:
+    """One RawItem per element (a record, or a Rejected kept as a rejection with its JSON text)."""
+    for position, element in enumerate(elements, start=first_position):
+        if isinstance(element, Rejected):
+            yield RawItem(record=None, line=position, error=element.reason, raw_text=element.raw_text)
         else:
-            raw = json.dumps(element, ensure_ascii=False)
-            yield RawItem(record=None, line=position, error="not an object", raw_text=raw)
+            yield RawItem(record=element, line=position)
