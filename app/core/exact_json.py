@@ -44,12 +44,12 @@ class NonFinite(float):
     __slots__ = ()
 
 
-def _float(text: str) -> float:
+def exact_float(text: str) -> float:
     number = float(text)
     return number if number - number == 0 else NonFinite(number)
 
 
-def _constant(name: str) -> NonFinite:
+def exact_constant(name: str) -> NonFinite:
     return NonFinite(name)  # "NaN", "Infinity", "-Infinity": float() reads all three
 
 
@@ -68,7 +68,7 @@ def loads(data: bytes) -> Any:
             return orjson.loads(data)
         except orjson.JSONDecodeError:
             pass  # perhaps only orjson refuses it (1e400, NaN, a byte order mark): the exact decoder decides
-    return json.loads(data, parse_float=_float, parse_constant=_constant)
+    return json.loads(data, parse_float=exact_float, parse_constant=exact_constant)
 
 
 def dumps(value: Any, *, option: int = 0) -> bytes:
@@ -96,7 +96,7 @@ def loads_payload(payload: bytes) -> Any:
     """Decode what `dumps` wrote: the fast decoder for orjson's output, the exact one for
     the fallback's (which may hold big integers and NonFinite)."""
     if payload[:1] == _STDLIB_MARK:
-        return json.loads(payload, parse_float=_float, parse_constant=_constant)
+        return json.loads(payload, parse_float=exact_float, parse_constant=exact_constant)
     return orjson.loads(payload)
 
 

@@ -25,12 +25,15 @@ from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from app.core.exact_json import exact_constant, exact_float
 from workers.sources.base import PermanentError
 
 READ_BYTES = 1024 * 1024  # the least read at a time; a longer value reads as much again as it holds
 RAW_TEXT_LIMIT = 64 * 1024  # the raw text kept for one rejected element
 
-_DECODER = json.JSONDecoder()
+# Numbers no double holds (1e400, NaN, Infinity) decode as exact_json's NonFinite, so that
+# encoding a raw chunk never writes them as null (orjson would) and the normaliser rejects them.
+_DECODER = json.JSONDecoder(parse_float=exact_float, parse_constant=exact_constant)
 _WHITESPACE = re.compile(r"[ \t\n\r]*")
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?")
 # A whole string, a bracket, a run of anything else, or a lone quote: a string the window cut.
