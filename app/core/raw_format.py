@@ -9,6 +9,10 @@ The fetch stage appends a fifth element, the row's raw digest in hex, when it ha
 Rows of a tabular source (CSV) are stored as `[line, values, None, None, digest]`, with
 `values` a list in the order of the chunk's columns, which are stored once, in
 raw_chunks.columns: a chunk whose `columns` is NULL holds whole records only.
+
+A row that is a later copy of an id an earlier chunk of its run holds carries a sixth
+element, REPEAT (its digest, the fifth, may then be None): the upsert records its
+position even when its content is unchanged (workers/pipeline/fetch/repeats.py).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 import orjson
 
 RawRow = list[Any]
+REPEAT = 1  # the sixth element of a row that repeats an id of an earlier chunk of its run
 
 
 def raw_row(record: Any, line: int | None, error: str | None = None, raw_text: str | None = None) -> RawRow:

@@ -50,14 +50,29 @@ def _claim(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
         return cur.fetchone()
 
 
-def load_state(conn: psycopg.Connection, source: str) -> FetchState:
-    row = conn.execute(
-        "SELECT value, etag, last_modified, file_hash FROM checkpoints WHERE source = %s", (source,)
-    ).fetchone()
+# The validators (ETag, Last-Modified, file hash) let a run skip a source that did not
+# change since the run that stored them. Only while that run is the source's last one: a
+# later run that did not finish (failed, or still unfinished when this one started) may
+# have written part of another version of the source, which an unchanged source must
+# now overwrite. The run that stored them finished cleanly (finalize.py).
+_LOAD_STATE = """
+SELECT c.value, c.etag, c.last_modified, c.file_hash,
+       NOT EXISTS (SELECT 1 FROM runs r WHERE r.source = c.source AND r.id > coalesce(c.run_id, 0)
+                   AND r.id <> %(run_id)s) AS validators_hold
+FROM checkpoints c WHERE c.source = %(source)s
+"""
+
+
+def load_state(conn: psycopg.Connection, source: str, run_id: int) -> FetchState:
+    """What the source's last successful run left for run `run_id` (see _LOAD_STATE)."""
+    row = conn.execute(_LOAD_STATE, {"source": source, "run_id": run_id}).fetchone()
     conn.commit()
     if row is None:
         return FetchState()
-    return FetchState(checkpoint=row[0], etag=row[1], last_modified=row[2], file_hash=row[3])
+    value, etag, last_modified, file_hash, validators_hold = row
+    if not validators_hold:
+        return FetchState(checkpoint=value)
+    return FetchState(checkpoint=value, etag=etag, last_modified=last_modified, file_hash=file_hash)
 
 
 def fetch_run(
@@ -71,7 +86,7 @@ def fetch_run(
         fail_run(conn, run_id, f"fetch gave up after {max_attempts} attempts (worker lost or timed out each time)")
         return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
     source = SourceConfig(**run["config"])
-    state = load_state(conn, source.name)
+    state = load_state(conn, source.name, run_id)
     try:
         extraction = extract(source, state)
         chunks = 0

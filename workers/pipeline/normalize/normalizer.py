@@ -50,6 +50,7 @@ class NormalizedRecord:
     content_hash: bytes
     raw_digest: bytes | None = None  # of the raw row it was made from (raw_digest.py)
     data_json: str | None = None  # `data` as JSON text (see content_of), written as it is
+    repeat: bool = False  # a later copy of an id an earlier chunk of the run holds (fetch/repeats.py)
 
 
 @dataclass(slots=True)
@@ -137,6 +138,8 @@ class Normalizer:
                 chunk.rejections.append(rejection)
                 continue
             record.raw_digest = item.digest
+            if item.repeat:
+                record.repeat = True
             key = record.external_id
             if NUL in key:  # one record as stored (stored_key): the upsert writes each key once
                 key = stored_key(key)

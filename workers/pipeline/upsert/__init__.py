@@ -39,7 +39,7 @@ def write_chunk(
     with conn.transaction():
         if not claim(conn, run_id=run_id, chunk_no=chunk_no):
             return None
-        inserted, updated = write_records(conn, source=source, run_id=run_id, records=chunk.records)
+        inserted, updated = write_records(conn, source=source, run_id=run_id, chunk_no=chunk_no, records=chunk.records)
         write_rejections(conn, run_id=run_id, source=source, chunk_no=chunk_no, rejections=chunk.rejections)
         rejected = len(chunk.rejections)
         counts = ChunkCounts(
