@@ -3,63 +3,96 @@
 An id may appear more than once in a run (a file holding it twice, an API that serves an
 updated record on a later page), and the copy that comes last in the source must win,
 whatever order its chunks commit in. The upsert orders the copies it writes by chunk
-number (records.last_chunk_no); it cannot order a copy it never writes. A copy left out
-as unchanged, here (unchanged.py) or by the upsert's hash check, leaves the stored record
-marked as an earlier run's, and an older, different copy of this run committed after it
-would win. So every copy of an id after the first one kept is flagged `repeat`: it is
-never left out here, and the upsert records its position even when its content is
-unchanged (workers/pipeline/upsert/records.py). The first copy needs no flag: whatever
-comes later in the source is kept and flagged, so leaving the first out is safe.
+number (records.last_chunk_no), and a record an earlier chunk of the run wrote is always
+written again by a later one. What it cannot order is a copy it never writes: a copy left
+out as unchanged against the record an earlier run stored, here (unchanged.py) or by the
+upsert's hash check, leaves that record marked as the earlier run's, and an older,
+different copy of this run committed after it would win. So every copy of an id after
+the first one kept is flagged `repeat`: it is never left out here, and the upsert
+records its position even when its content is unchanged
+(workers/pipeline/upsert/records.py). The first copy needs no flag: whatever comes later
+in the source is kept and flagged, so leaving the first out is safe.
 
-The ids kept so far are remembered as occupied slots of a fixed table indexed by a
-CRC-32 of the id, not as a set: memory stays the same whatever the size of the run. An
-id that shares a slot with another is taken for a repeat: the row is kept and written
-although it could have been left out, a cost and never a wrong result. CRC-32 rather
-than hash(): str hashes change with every process, and a re-driven fetch must take the
-same decisions as the first attempt (chunks it already stored are kept as they were).
+A source's first run has no earlier run's records to be left out against, so its fetch
+does not remember ids at all (stage.py): a first load pays nothing for this.
+
+The ids kept so far are remembered by their CRC-32: as a set while they are few, then as
+occupied slots of a fixed table, so that memory stays bounded whatever the size of the
+run. An id whose CRC (or, in the table, slot) it shares with another is taken for a
+repeat: the row is kept and written although it could have been left out, a cost and
+never a wrong result. CRC-32, not hash(): str hashes change with every process, and a
+re-driven fetch must take the same decisions as the first attempt (chunks it already
+stored are kept as they were).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from itertools import repeat
 from zlib import crc32
 
-SLOTS = 1 << 24  # one byte each: 16 MB, allocated on first use
+SET_LIMIT = 1 << 17  # CRCs kept in a set (a few MB), beyond which they move to the table
+SLOTS = 1 << 24  # one byte each: 16 MB
 _MASK = SLOTS - 1
 
 
-def _slots(keys: Sequence[str]) -> list[int]:
+def _crcs(keys: Sequence[str]) -> list[int]:
     # surrogatepass: an id from JSON may hold a lone surrogate, which strict UTF-8 refuses.
-    encoded = map(str.encode, keys, repeat("utf-8"), repeat("surrogatepass"))
-    return list(map(_MASK.__and__, map(crc32, encoded)))
+    return list(map(crc32, map(str.encode, keys, repeat("utf-8"), repeat("surrogatepass"))))
 
 
 class KeptIds:
     """The ids of the rows a run's fetch stage has kept so far, in source order."""
 
     def __init__(self) -> None:
+        self._set: set[int] | None = set()
         self._table: bytearray | None = None
 
     def __bool__(self) -> bool:
-        return self._table is not None
+        return self._table is not None or bool(self._set)
 
     def holding(self, keys: Sequence[str]) -> list[int]:
         """The positions of the keys already kept (a row with one of them is a repeat)."""
-        table = self._table
-        if table is None or not keys:
+        if not self or not keys:
             return []
-        return [n for n, held in enumerate(map(table.__getitem__, _slots(keys))) if held]
+        crcs = _crcs(keys)
+        if self._table is not None:
+            held: Iterable[int | bool] = map(self._table.__getitem__, map(_MASK.__and__, crcs))
+        else:
+            assert self._set is not None
+            held = map(self._set.__contains__, crcs)
+        return [n for n, is_held in enumerate(held) if is_held]
 
     def keep(self, keys: Sequence[str]) -> list[int]:
         """Record the keys of rows kept, in order; the positions of those that repeat an id
         kept before (earlier in this list included)."""
         if not keys:
             return []
-        if self._table is None:
-            self._table = bytearray(SLOTS)
-        table, slots = self._table, _slots(keys)
+        crcs = _crcs(keys)
+        repeats = self._keep_in_table(crcs) if self._table is not None else self._keep_in_set(crcs)
+        if self._set is not None and len(self._set) > SET_LIMIT:
+            self._move_to_table()
+        return repeats
+
+    def _keep_in_set(self, crcs: list[int]) -> list[int]:
+        known = self._set
+        assert known is not None
+        if known.isdisjoint(crcs) and len(set(crcs)) == len(crcs):  # the common case, without a Python loop
+            known.update(crcs)
+            return []
+        repeats = []
+        for n, crc in enumerate(crcs):
+            if crc in known:
+                repeats.append(n)
+            else:
+                known.add(crc)
+        return repeats
+
+    def _keep_in_table(self, crcs: list[int]) -> list[int]:
+        table = self._table
+        assert table is not None
+        slots = list(map(_MASK.__and__, crcs))
         if len(set(slots)) == len(slots) and not any(map(table.__getitem__, slots)):
             deque(map(table.__setitem__, slots, repeat(1)), maxlen=0)  # the common case, without a Python loop
             return []
@@ -70,3 +103,9 @@ class KeptIds:
             else:
                 table[slot] = 1
         return repeats
+
+    def _move_to_table(self) -> None:
+        assert self._set is not None
+        self._table = bytearray(SLOTS)
+        deque(map(self._table.__setitem__, map(_MASK.__and__, self._set), repeat(1)), maxlen=0)
+        self._set = None

@@ -75,6 +75,14 @@ def load_state(conn: psycopg.Connection, source: str, run_id: int) -> FetchState
     return FetchState(checkpoint=value, etag=etag, last_modified=last_modified, file_hash=file_hash)
 
 
+def _is_first_run(conn: psycopg.Connection, source: str, run_id: int) -> bool:
+    """Whether no other run of the source exists, so none can have stored its records
+    (fetch/repeats.py): the same answer for every fetch attempt of the run."""
+    row = conn.execute("SELECT EXISTS (SELECT 1 FROM runs WHERE source = %s AND id <> %s)", (source, run_id)).fetchone()
+    conn.commit()
+    return row is not None and not row[0]
+
+
 def fetch_run(
     conn: psycopg.Connection, run_id: int, *, enqueue_chunk: EnqueueChunk, max_attempts: int
 ) -> FetchOutcome | None:
@@ -87,11 +95,12 @@ def fetch_run(
         return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
     source = SourceConfig(**run["config"])
     state = load_state(conn, source.name, run_id)
+    first_run = _is_first_run(conn, source.name, run_id)
     try:
         extraction = extract(source, state)
         chunks = 0
         if not extraction.not_modified:
-            chunks = _store_and_fan_out(conn, run_id, source, state, extraction, enqueue_chunk)
+            chunks = _store_and_fan_out(conn, run_id, source, state, extraction, enqueue_chunk, first_run)
     except SourceError as exc:
         message = f"{type(exc).__name__}: {redact(str(exc), source.secret_values())}"
         fail_run(conn, run_id, message)
@@ -115,10 +124,11 @@ def _store_and_fan_out(
     state: FetchState,
     extraction: Extraction,
     enqueue_chunk: EnqueueChunk,
+    first_run: bool,
 ) -> int:
     """Store the extraction's items as raw chunks, handing each on; the number of chunks."""
     buffer = ChunkBuffer(conn, run_id=run_id, chunk_size=source.chunk_size, enqueue_chunk=enqueue_chunk)
-    with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source) as unchanged:
+    with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source, first_run=first_run) as unchanged:
         sifter = Sifter(unchanged, buffer, chunk_size=source.chunk_size)
         items = extraction.items
         if unchanged.enabled and extraction.batches is not None:

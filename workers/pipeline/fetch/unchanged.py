@@ -110,13 +110,14 @@ class UnchangedRows:
     context manager: leaving it stops the threads and closes their connections.
     """
 
-    def __init__(self, conn: psycopg.Connection, *, run_id: int, source: SourceConfig):
+    def __init__(self, conn: psycopg.Connection, *, run_id: int, source: SourceConfig, first_run: bool = False):
         self.conn = conn
         self.run_id = run_id
         self.source_name = source.name
         self.enabled = filters(source)
         self._digester = RowDigester(source)
-        self.kept = KeptIds()
+        # A source's first run has nothing an earlier run stored: no repeat to flag (repeats.py).
+        self.kept = None if first_run else KeptIds()
         self._executor: ThreadPoolExecutor | None = None
         self._opened: list[psycopg.Connection] = []  # one per helper thread, at most
         self._idle: list[psycopg.Connection] = []  # of those, the ones not comparing now
@@ -166,6 +167,8 @@ class UnchangedRows:
     def flag_repeat(self, item: RawItem) -> RawItem:
         """For an item of a source that is not filtered, kept as it comes: flag it when it
         repeats an id kept before."""
+        if self.kept is None:
+            return item
         key = self._digester.key(item)
         if key is not None and self.kept.keep([key]):
             item.repeat = True
@@ -203,18 +206,20 @@ class UnchangedRows:
         comparison would drop (positions, ascending): the positions to keep (None: all) and
         those of the repeats among them. Called for each batch in order: a repeat is never
         dropped, and the keys kept here are remembered for the batches after it."""
-        if dropped and self.kept:
-            held = self.kept.holding([keys[position] for position in dropped])  # type: ignore[misc]
+        kept_ids = self.kept
+        if kept_ids is None:
+            return _complement(len(keys), dropped), set()
+        if dropped and kept_ids:
+            held = kept_ids.holding([keys[position] for position in dropped])  # type: ignore[misc]
             if held:
                 revived = {dropped[n] for n in held}
                 dropped = [position for position in dropped if position not in revived]
         if not dropped and None not in keys:  # the common case: every row kept, every id usable
-            return None, set(self.kept.keep(keys))  # type: ignore[arg-type]
+            return None, set(kept_ids.keep(keys))  # type: ignore[arg-type]
         gone = set(dropped)
         with_key = [position for position, key in enumerate(keys) if key is not None and position not in gone]
-        found = self.kept.keep([keys[position] for position in with_key])  # type: ignore[misc]
-        kept = [position for position in range(len(keys)) if position not in gone] if gone else None
-        return kept, {with_key[n] for n in found}
+        found = kept_ids.keep([keys[position] for position in with_key])  # type: ignore[misc]
+        return _complement(len(keys), dropped), {with_key[n] for n in found}
 
     def _probe(self, keys: list[str], digests: list[bytes]) -> Future[list[int] | None]:
         if self._executor is None:
@@ -270,6 +275,14 @@ class UnchangedRows:
         for setting in _PROBE_SETTINGS:
             probe_conn.execute(setting)
         return probe_conn
+
+
+def _complement(count: int, dropped: list[int]) -> list[int] | None:
+    """The positions of `count` rows not in `dropped`; None when none is dropped."""
+    if not dropped:
+        return None
+    gone = set(dropped)
+    return [position for position in range(count) if position not in gone]
 
 
 def _without_repeated_keys(

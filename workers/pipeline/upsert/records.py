@@ -7,15 +7,17 @@ then one INSERT ... SELECT ... ON CONFLICT whose WHERE clause still skips rows w
 did not change; `xmax = 0` in RETURNING tells inserts from updates.
 
 Order within a run: an id may appear in several chunks of one run, and the copy that
-comes last in the source must win whatever order the chunks commit in. Every write
-records its run and chunk (last_run_id, last_chunk_no), and a chunk writes a record
-already written by its own run only from a later chunk (chunks are cut in source order,
-and a chunk holds one copy of each id: the normaliser keeps its last). A copy that is
-never written cannot be ordered, so a later copy of an id (flagged `repeat` by the fetch
-stage, workers/pipeline/fetch/repeats.py) is never left out as unchanged: when its
-content is the stored one, the upsert still records its position, without counting an
-update or moving updated_at. An older copy arriving after a newer one changes nothing
-and is counted unchanged, as a copy superseded inside a chunk is.
+comes last in the source must win whatever order the chunks commit in (chunks are cut in
+source order, and a chunk holds one copy of each id: the normaliser keeps its last).
+Every write records its run and chunk (last_run_id, last_chunk_no). A record this run
+wrote is written by a chunk only when that chunk comes later, and then always, even with
+unchanged content, so that its position is recorded; an older copy arriving after a
+newer one changes nothing and is counted unchanged, as a copy superseded inside a chunk
+is. A record of an earlier run is written when its content changed, and a later copy of
+an id (flagged `repeat` by the fetch stage, workers/pipeline/fetch/repeats.py) is
+written even when it did not: left out, it would leave the record marked as the earlier
+run's, for an older copy of this run to overwrite. Writing only a position counts no
+update and leaves updated_at.
 """
 
 from __future__ import annotations
@@ -43,13 +45,15 @@ CREATE TEMP TABLE IF NOT EXISTS stage_records (
 ) ON COMMIT DELETE ROWS
 """
 
-# A chunk writes a record its own run wrote only from a later chunk (see the module notes).
-_NEWER_IN_RUN = """(r.last_run_id IS DISTINCT FROM %(run_id)s OR r.last_chunk_no IS NULL
-       OR r.last_chunk_no < %(chunk_no)s)"""
+# Whether the stored record r was written by this run (an earlier or a later chunk), and
+# whether such a record is written by this chunk: only from a later one, and always (see
+# the module notes). NULL positions are from before positions were recorded.
+_OWN_RUN = "r.last_run_id = %(run_id)s AND r.last_chunk_no IS NOT NULL"
+_LATER_IN_RUN = "r.last_chunk_no < %(chunk_no)s"
 
-# A repeat (its key in %(repeats)s) is written even when its content is unchanged, to record
-# its position; only a changed content moves updated_at, which is how RETURNING tells an
-# update from a position written.
+# A record of another run is written when its content changed, or to record the position
+# of a repeat (its key in %(repeats)s); only a changed content moves updated_at, which is
+# how RETURNING tells an update from a position written.
 _UPSERT_SQL = f"""
 WITH written AS (
     INSERT INTO records AS r
@@ -71,8 +75,9 @@ WITH written AS (
         last_run_id = excluded.last_run_id,
         last_chunk_no = excluded.last_chunk_no,
         updated_at = CASE WHEN r.content_hash IS DISTINCT FROM excluded.content_hash THEN now() ELSE r.updated_at END
-    WHERE (r.content_hash IS DISTINCT FROM excluded.content_hash OR excluded.external_id = ANY(%(repeats)s::text[]))
-      AND {_NEWER_IN_RUN}
+    WHERE CASE WHEN {_OWN_RUN} THEN {_LATER_IN_RUN}
+               ELSE r.content_hash IS DISTINCT FROM excluded.content_hash
+                    OR excluded.external_id = ANY(%(repeats)s::text[]) END
     RETURNING (xmax = 0) AS is_insert, updated_at = now() AS changed
 )
 SELECT count(*) FILTER (WHERE is_insert), count(*) FILTER (WHERE NOT is_insert AND changed) FROM written
@@ -112,29 +117,34 @@ _STORED_HASHES = (
 _PROBES = 8
 # The comparison itself happens in PostgreSQL: the chunk's hashes and raw digests travel as
 # one bytea each (32 and 16 bytes a record, in key order; zeros for no digest) and only the
-# positions of the records that differ come back, flagged when only the raw digest differs.
+# positions of the records with something to do come back, flagged when only the raw
+# digest is to be refreshed. A record an earlier chunk of this run wrote is written (its
+# position recorded) whatever its content; one a later chunk wrote is left alone.
 _NO_DIGEST = bytes(DIGEST_BYTES)
 _CHANGED_POSITIONS = f"""
-SELECT k.n, r.content_hash IS NOT NULL AND r.content_hash = k.hash AS same_content
+SELECT k.n, r.content_hash = k.hash AND NOT coalesce({_OWN_RUN}, false) AS same_content
 FROM (SELECT id, n, substring(%(hashes)s::bytea FROM (n::int - 1) * 32 + 1 FOR 32) AS hash,
              nullif(substring(%(digests)s::bytea FROM (n::int - 1) * {DIGEST_BYTES} + 1 FOR {DIGEST_BYTES}),
                     %(no_digest)s::bytea) AS digest
       FROM unnest(%(keys)s::text[]) WITH ORDINALITY AS u(id, n)) AS k
 LEFT JOIN LATERAL (
     -- LIMIT: kept a parameterised index probe per key, never flattened into a hash join
-    SELECT content_hash, raw_digest FROM records r WHERE r.source = %(source)s AND r.external_id = k.id LIMIT 1
+    SELECT content_hash, raw_digest, last_run_id, last_chunk_no FROM records r
+    WHERE r.source = %(source)s AND r.external_id = k.id LIMIT 1
 ) AS r ON true
-WHERE r.content_hash IS DISTINCT FROM k.hash OR r.raw_digest IS DISTINCT FROM k.digest
+WHERE CASE WHEN {_OWN_RUN} THEN {_LATER_IN_RUN}
+           ELSE r.content_hash IS DISTINCT FROM k.hash OR r.raw_digest IS DISTINCT FROM k.digest END
 """
 # A record whose content is unchanged but whose raw digest is not (the normalising code or
 # the mapping changed, or the upstream re-ordered keys): record the new digest, so that the
 # next run recognises the row at the fetch stage. Not a change of the record: updated_at
-# and the counts stay; last_run_id moves (see unchanged.py on why), with the position, and
-# only as a write would (never over a later copy of this run).
+# and the counts stay; last_run_id moves (see unchanged.py on why), with the position.
+# Only records of another run come here; should a later chunk of this run write the
+# record meanwhile, it is left to it.
 _REFRESH_DIGESTS = f"""
 UPDATE records r SET raw_digest = d.digest, last_run_id = %(run_id)s, last_chunk_no = %(chunk_no)s
 FROM unnest(%(keys)s::text[], %(digests)s::bytea[]) AS d(id, digest)
-WHERE r.source = %(source)s AND r.external_id = d.id AND {_NEWER_IN_RUN}
+WHERE r.source = %(source)s AND r.external_id = d.id AND CASE WHEN {_OWN_RUN} THEN {_LATER_IN_RUN} ELSE true END
 """
 
 
@@ -202,7 +212,8 @@ def _without_unchanged(
     digests = b"".join(rec.raw_digest or _NO_DIGEST for rec in compared)
     differing = conn.execute(
         _CHANGED_POSITIONS,
-        {"source": source, "keys": keys, "hashes": hashes, "digests": digests, "no_digest": _NO_DIGEST},
+        {"source": source, "run_id": run_id, "chunk_no": chunk_no, "keys": keys, "hashes": hashes, "digests": digests,
+         "no_digest": _NO_DIGEST},
     ).fetchall()
     changed = [compared[n - 1] for n, same_content in differing if not same_content]
     refresh = [n - 1 for n, same_content in differing if same_content]
