@@ -16,52 +16,52 @@ in the source is kept and flagged, so leaving the first out is safe.
 A source's first run has no earlier run's records to be left out against, so its fetch
 does not remember ids at all (stage.py): a first load pays nothing for this.
 
-The ids kept so far are remembered by their CRC-32: as a set while they are few, then as
-occupied slots of a fixed table, so that memory stays bounded whatever the size of the
-run. An id whose CRC (or, in the table, slot) it shares with another is taken for a
-repeat: the row is kept and written although it could have been left out, a cost and
-never a wrong result. CRC-32, not hash(): str hashes change with every process, and a
-re-driven fetch must take the same decisions as the first attempt (chunks it already
+The ids kept so far are remembered exactly, as a set, while they are few (a re-run keeps
+only the rows that changed, and checks every row it leaves out against them), then as
+occupied slots of a fixed table, indexed by a CRC-32 of the id, so that memory stays
+bounded whatever the size of the run. An id whose slot it shares with another is taken
+for a repeat: the row is kept and written although it could have been left out, a cost
+and never a wrong result. CRC-32, not hash(): str hashes change with every process, and
+a re-driven fetch must take the same decisions as the first attempt (chunks it already
 stored are kept as they were).
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
 from zlib import crc32
 
-SET_LIMIT = 1 << 17  # CRCs kept in a set (a few MB), beyond which they move to the table
+SET_LIMIT = 1 << 17  # ids kept in a set (about 12 MB at most), beyond which they move to the table
 SLOTS = 1 << 24  # one byte each: 16 MB
 _MASK = SLOTS - 1
 
 
-def _crcs(keys: Sequence[str]) -> list[int]:
+def _slots(keys: Iterable[str]) -> Iterator[int]:
     # surrogatepass: an id from JSON may hold a lone surrogate, which strict UTF-8 refuses.
-    return list(map(crc32, map(str.encode, keys, repeat("utf-8"), repeat("surrogatepass"))))
+    return map(_MASK.__and__, map(crc32, map(str.encode, keys, repeat("utf-8"), repeat("surrogatepass"))))
 
 
 class KeptIds:
     """The ids of the rows a run's fetch stage has kept so far, in source order."""
 
     def __init__(self) -> None:
-        self._set: set[int] | None = set()
+        self._ids: set[str] | None = set()
         self._table: bytearray | None = None
 
     def __bool__(self) -> bool:
-        return self._table is not None or bool(self._set)
+        return self._table is not None or bool(self._ids)
 
     def holding(self, keys: Sequence[str]) -> list[int]:
         """The positions of the keys already kept (a row with one of them is a repeat)."""
         if not self or not keys:
             return []
-        crcs = _crcs(keys)
         if self._table is not None:
-            held: Iterable[int | bool] = map(self._table.__getitem__, map(_MASK.__and__, crcs))
+            held: Iterable[int | bool] = map(self._table.__getitem__, _slots(keys))
         else:
-            assert self._set is not None
-            held = map(self._set.__contains__, crcs)
+            assert self._ids is not None
+            held = map(self._ids.__contains__, keys)
         return [n for n, is_held in enumerate(held) if is_held]
 
     def keep(self, keys: Sequence[str]) -> list[int]:
@@ -69,30 +69,29 @@ class KeptIds:
         kept before (earlier in this list included)."""
         if not keys:
             return []
-        crcs = _crcs(keys)
-        repeats = self._keep_in_table(crcs) if self._table is not None else self._keep_in_set(crcs)
-        if self._set is not None and len(self._set) > SET_LIMIT:
+        repeats = self._keep_in_table(keys) if self._table is not None else self._keep_in_set(keys)
+        if self._ids is not None and len(self._ids) > SET_LIMIT:
             self._move_to_table()
         return repeats
 
-    def _keep_in_set(self, crcs: list[int]) -> list[int]:
-        known = self._set
+    def _keep_in_set(self, keys: Sequence[str]) -> list[int]:
+        known = self._ids
         assert known is not None
-        if known.isdisjoint(crcs) and len(set(crcs)) == len(crcs):  # the common case, without a Python loop
-            known.update(crcs)
+        if known.isdisjoint(keys) and len(set(keys)) == len(keys):  # the common case, without a Python loop
+            known.update(keys)
             return []
         repeats = []
-        for n, crc in enumerate(crcs):
-            if crc in known:
+        for n, key in enumerate(keys):
+            if key in known:
                 repeats.append(n)
             else:
-                known.add(crc)
+                known.add(key)
         return repeats
 
-    def _keep_in_table(self, crcs: list[int]) -> list[int]:
+    def _keep_in_table(self, keys: Sequence[str]) -> list[int]:
         table = self._table
         assert table is not None
-        slots = list(map(_MASK.__and__, crcs))
+        slots = list(_slots(keys))
         if len(set(slots)) == len(slots) and not any(map(table.__getitem__, slots)):
             deque(map(table.__setitem__, slots, repeat(1)), maxlen=0)  # the common case, without a Python loop
             return []
@@ -105,7 +104,7 @@ class KeptIds:
         return repeats
 
     def _move_to_table(self) -> None:
-        assert self._set is not None
+        assert self._ids is not None
         self._table = bytearray(SLOTS)
-        deque(map(self._table.__setitem__, map(_MASK.__and__, self._set), repeat(1)), maxlen=0)
-        self._set = None
+        deque(map(self._table.__setitem__, _slots(self._ids), repeat(1)), maxlen=0)
+        self._ids = None

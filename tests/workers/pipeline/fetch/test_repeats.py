@@ -1,4 +1,4 @@
-"""KeptIds: which kept rows repeat an id kept before, in a set while few, in the table after."""
+"""KeptIds: which kept rows repeat an id kept before, exactly while few, in the table after."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_past_the_set_limit_the_table_still_knows_every_id_kept() -> None:
     kept = KeptIds()
     first = [f"id-{n}" for n in range(SET_LIMIT + 10)]
     assert kept.keep(first) == []
-    assert kept._table is not None and kept._set is None  # moved to the table
+    assert kept._table is not None and kept._ids is None  # moved to the table
     assert kept.holding(first[::997]) == list(range(len(first[::997])))  # no id kept is ever forgotten
     assert kept.keep(["id-5", "new", "new"]) == [0, 2]
     # Another process decides the same: the slots come from CRC-32, not from hash().
