@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from itertools import repeat
+from itertools import compress, repeat
 from zlib import crc32
 
 SET_LIMIT = 1 << 17  # ids kept in a set (about 12 MB at most), beyond which they move to the table
@@ -53,16 +53,18 @@ class KeptIds:
     def __bool__(self) -> bool:
         return self._table is not None or bool(self._ids)
 
-    def holding(self, keys: Sequence[str]) -> list[int]:
-        """The positions of the keys already kept (a row with one of them is a repeat)."""
+    def holding(self, keys: Sequence[str | None]) -> list[int]:
+        """The positions of the keys already kept (a row with one of them is a repeat);
+        None, no usable key, is never held."""
         if not self or not keys:
             return []
-        if self._table is not None:
-            held: Iterable[int | bool] = map(self._table.__getitem__, _slots(keys))
-        else:
+        if self._table is None:
             assert self._ids is not None
-            held = map(self._ids.__contains__, keys)
-        return [n for n, is_held in enumerate(held) if is_held]
+            return list(compress(range(len(keys)), map(self._ids.__contains__, keys)))
+        table = self._table
+        present = [n for n, key in enumerate(keys) if key is not None]
+        usable: list[str] = [keys[n] for n in present]  # type: ignore[misc]
+        return list(compress(present, map(table.__getitem__, _slots(usable))))
 
     def keep(self, keys: Sequence[str]) -> list[int]:
         """Record the keys of rows kept, in order; the positions of those that repeat an id

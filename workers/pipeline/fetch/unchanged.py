@@ -154,8 +154,12 @@ class UnchangedRows:
 
         def sifted() -> tuple[list[RawItem], int]:
             to_keep = None if probe is None else probe.result()
-            dropped = [] if to_keep is None else sorted(set(positions).difference(positions[n - 1] for n in to_keep))
-            kept, repeats = self._settle(all_keys, dropped)
+            kept: list[int] | None = None
+            if to_keep is not None:
+                dropped = set(positions).difference(positions[n - 1] for n in to_keep)
+                if dropped:
+                    kept = [position for position in range(len(items)) if position not in dropped]
+            kept, repeats = self._settle(all_keys, kept)
             for position in repeats:
                 items[position].repeat = True
             if kept is None:
@@ -190,36 +194,39 @@ class UnchangedRows:
 
         def sifted() -> tuple[list[RawItem], int]:
             to_keep = None if probe is None else probe.result()
-            if to_keep is None:
-                dropped = []
-            elif positions is None:
-                dropped = sorted(set(range(len(keys))).difference(n - 1 for n in to_keep))
-            else:
-                dropped = sorted(set(positions).difference(positions[n - 1] for n in to_keep))
-            kept, repeats = self._settle(keys, dropped)
+            kept: list[int] | None = None
+            if to_keep is not None and positions is None:
+                kept = sorted(n - 1 for n in to_keep)
+            elif to_keep is not None:
+                assert positions is not None
+                not_compared = set(range(len(keys))).difference(positions)
+                kept = sorted(not_compared.union(positions[n - 1] for n in to_keep))
+            if kept is not None and len(kept) == len(keys):
+                kept = None
+            kept, repeats = self._settle(keys, kept)
             return batch.items(digests, kept, repeats), 0 if kept is None else len(keys) - len(kept)
 
         return sifted
 
-    def _settle(self, keys: list[str | None], dropped: list[int]) -> tuple[list[int] | None, set[int]]:
+    def _settle(self, keys: list[str | None], kept: list[int] | None) -> tuple[list[int] | None, set[int]]:
         """Of a batch's rows (their keys, in order, None for no usable key) and those the
-        comparison would drop (positions, ascending): the positions to keep (None: all) and
+        comparison would keep (positions, ascending; None: all): the positions to keep and
         those of the repeats among them. Called for each batch in order: a repeat is never
         dropped, and the keys kept here are remembered for the batches after it."""
         kept_ids = self.kept
         if kept_ids is None:
-            return _complement(len(keys), dropped), set()
-        if dropped and kept_ids:
-            held = kept_ids.holding([keys[position] for position in dropped])  # type: ignore[misc]
-            if held:
-                revived = {dropped[n] for n in held}
-                dropped = [position for position in dropped if position not in revived]
-        if not dropped and None not in keys:  # the common case: every row kept, every id usable
+            return kept, set()
+        if kept is not None and kept_ids:
+            held = kept_ids.holding(keys)  # repeats the comparison would drop among them
+            if held and not set(held).issubset(kept):
+                kept = sorted(set(kept).union(held))
+                if len(kept) == len(keys):
+                    kept = None
+        if kept is None and None not in keys:  # every row kept, every id usable: a first load's batches
             return None, set(kept_ids.keep(keys))  # type: ignore[arg-type]
-        gone = set(dropped)
-        with_key = [position for position, key in enumerate(keys) if key is not None and position not in gone]
+        with_key = [position for position in (range(len(keys)) if kept is None else kept) if keys[position] is not None]
         found = kept_ids.keep([keys[position] for position in with_key])  # type: ignore[misc]
-        return _complement(len(keys), dropped), {with_key[n] for n in found}
+        return kept, {with_key[n] for n in found}
 
     def _probe(self, keys: list[str], digests: list[bytes]) -> Future[list[int] | None]:
         if self._executor is None:
@@ -275,14 +282,6 @@ class UnchangedRows:
         for setting in _PROBE_SETTINGS:
             probe_conn.execute(setting)
         return probe_conn
-
-
-def _complement(count: int, dropped: list[int]) -> list[int] | None:
-    """The positions of `count` rows not in `dropped`; None when none is dropped."""
-    if not dropped:
-        return None
-    gone = set(dropped)
-    return [position for position in range(count) if position not in gone]
 
 
 def _without_repeated_keys(
