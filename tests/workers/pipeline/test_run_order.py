@@ -182,20 +182,13 @@ def test_every_copy_but_the_last_loses_whatever_the_commit_order(
     assert sorted(positions) == [(4,), (5,)]
 
 
-def test_an_older_delivery_of_a_push_window_cannot_overwrite_a_newer_one(
-    db: psycopg.Connection, database: str
-) -> None:
-    config = SourceConfig(name="orders", kind="webhook", id_field="order_id", secret_env="ORDERS_SECRET",
-                          chunk_size=2)
-    deliveries = [
-        [{"order_id": "o1", "state": "placed"}, {"order_id": "o2", "state": "placed"}],
-        [{"order_id": "o3", "state": "placed"}, {"order_id": "o4", "state": "placed"}],
-        [{"order_id": "o1", "state": "shipped"}],
-    ]
+def push_window(db: psycopg.Connection, database: str, config: SourceConfig, deliveries: list[list[dict[str, Any]]],
+                order: str) -> dict[str, Any]:
+    """Store the deliveries as a push run's window does, close it, commit its chunks."""
     row = db.execute(
-        "INSERT INTO runs (source, trigger, status, config, started_at) VALUES ('orders', 'webhook', %s, %s, now())"
+        "INSERT INTO runs (source, trigger, status, config, started_at) VALUES (%s, 'webhook', %s, %s, now())"
         " RETURNING id",
-        (RunStatus.RUNNING, orjson.dumps(config.snapshot()).decode()),
+        (config.name, RunStatus.RUNNING, orjson.dumps(config.snapshot()).decode()),
     ).fetchone()
     assert row is not None
     run_id = int(row[0])
@@ -205,12 +198,34 @@ def test_an_older_delivery_of_a_push_window_cannot_overwrite_a_newer_one(
         ))
     with psycopg.connect(database) as conn:
         sent: list[int] = []
-        assert close_push_run(conn, run_id, enqueue_chunk=lambda _run, chunk_no: sent.append(chunk_no)) == 3
-        run = commit(conn, run_id, sent[::-1])
+        close_push_run(conn, run_id, enqueue_chunk=lambda _run, chunk_no: sent.append(chunk_no))
+        return commit(conn, run_id, sent if order == "in order" else sent[::-1])
 
-    states = {key: record["data"]["state"] for key, record in records(db, "orders").items()}
-    assert states == {"o1": "shipped", "o2": "placed", "o3": "placed", "o4": "placed"}
+
+def test_an_older_delivery_of_a_push_window_cannot_overwrite_a_newer_one(
+    db: psycopg.Connection, database: str
+) -> None:
+    config = SourceConfig(name="orders", kind="webhook", id_field="order_id", secret_env="ORDERS_SECRET",
+                          chunk_size=2)
+
+    def states() -> dict[str, str]:
+        return {key: record["data"]["state"] for key, record in records(db, "orders").items()}
+
+    run = push_window(db, database, config, [
+        [{"order_id": "o1", "state": "placed"}, {"order_id": "o2", "state": "placed"}],
+        [{"order_id": "o3", "state": "placed"}, {"order_id": "o4", "state": "placed"}],
+        [{"order_id": "o1", "state": "shipped"}],
+    ], "newer first")
+    assert states() == {"o1": "shipped", "o2": "placed", "o3": "placed", "o4": "placed"}
     assert counts(run) == (4, 0, 1, 0)
+
+    # The next window holds o2 twice, its last delivery what the store holds already.
+    run = push_window(db, database, config, [
+        [{"order_id": "o2", "state": "cancelled"}, {"order_id": "o5", "state": "placed"}],
+        [{"order_id": "o2", "state": "placed"}],
+    ], "newer first")
+    assert states()["o2"] == "placed"
+    assert counts(run) == (1, 0, 2, 0)
 
 
 def test_an_unchanged_file_is_read_again_after_a_run_that_needed_a_retry(

@@ -75,12 +75,21 @@ def load_state(conn: psycopg.Connection, source: str, run_id: int) -> FetchState
     return FetchState(checkpoint=value, etag=etag, last_modified=last_modified, file_hash=file_hash)
 
 
+# No other run of the source, and no record of it that another run wrote (runs may be
+# removed by hand; records written by an earlier attempt of this run's fetch are its own).
+_FIRST_RUN = """
+SELECT CASE WHEN EXISTS (SELECT 1 FROM runs WHERE source = %(source)s AND id <> %(run_id)s) THEN false
+            ELSE NOT EXISTS (SELECT 1 FROM records WHERE source = %(source)s
+                             AND last_run_id IS DISTINCT FROM %(run_id)s) END
+"""
+
+
 def _is_first_run(conn: psycopg.Connection, source: str, run_id: int) -> bool:
-    """Whether no other run of the source exists, so none can have stored its records
-    (fetch/repeats.py): the same answer for every fetch attempt of the run."""
-    row = conn.execute("SELECT EXISTS (SELECT 1 FROM runs WHERE source = %s AND id <> %s)", (source, run_id)).fetchone()
+    """Whether the run is the source's first: nothing another run stored for it to be
+    compared with, so no repeated id needs flagging (fetch/repeats.py)."""
+    row = conn.execute(_FIRST_RUN, {"source": source, "run_id": run_id}).fetchone()
     conn.commit()
-    return row is not None and not row[0]
+    return row is not None and bool(row[0])
 
 
 def fetch_run(
