@@ -15,6 +15,10 @@ cannot encode (an integer beyond 64 bits, nesting deeper than orjson's limit, a 
 double holds) is written by the standard library's encoder instead, and read back by its
 decoder. Only a record nested deeper than MAX_RAW_DEPTH levels, which could not be read
 back safely, is stored as a parse error that says so.
+
+A row that is a later copy of an id an earlier chunk of its run holds carries a sixth
+element, REPEAT (its digest, the fifth, may then be None): the upsert records its
+position even when its content is unchanged (workers/pipeline/fetch/repeats.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import orjson
 from app.core import exact_json
 
 RawRow = list[Any]
+REPEAT = 1  # the sixth element of a row that repeats an id of an earlier chunk of its run
 
 # Deeper records are stored as parse errors: the standard library's decoder recurses once
 # per level, and the rows must decode well within Python's recursion limit (1000).

@@ -120,6 +120,9 @@ records = Table(
     Column("first_seen_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Column("last_run_id", BigInteger),
+    # The chunk of last_run_id that wrote the record: a chunk of the same run writes it only
+    # when it comes later in the source (workers/pipeline/upsert/records.py).
+    Column("last_chunk_no", Integer),
     Column("search", TSVECTOR),
     # Digest of the raw record (and of the code and config that normalised it): a re-run
     # leaves rows whose digest matches out at the fetch stage (workers/pipeline/fetch/unchanged.py).

@@ -4,6 +4,12 @@ Called after every committed chunk and after the fetch stage; whichever call see
 chunk committed does the work, under the run's row lock, exactly once. The checkpoint
 only moves forward, and only here: a crash before this commit leaves it where it was,
 and the next run re-reads the window (the upsert absorbs the overlap).
+
+The validators that let the next run skip an unchanged source (file hash, ETag,
+Last-Modified) are stored only by a run that finished cleanly: no fetch or chunk
+delivered more than once. After a crash or a retry the next run reads the source in
+full, even when it did not change, and repairs whatever the crash left; the fetch stage
+also ignores them after a run that did not finish (fetch/stage.py, load_state).
 """
 
 from __future__ import annotations
@@ -128,14 +134,19 @@ def _advance_checkpoint(conn: psycopg.Connection, run: dict[str, Any]) -> None:
         ).fetchall()
         value = advanced_checkpoint(order, old_value, [row[0] for row in maxima], source=run["source"])
     state = run["fetch_state"] or {}
+    validators = {
+        "etag": state.get("etag", old_etag),
+        "last_modified": state.get("last_modified", old_modified),
+        "file_hash": state.get("file_hash", old_hash),
+    }
+    if not _finished_cleanly(conn, run):
+        validators = dict.fromkeys(validators)
     conn.execute(
         _SAVE_CHECKPOINT,
         {
             "source": run["source"],
             "value": stored_json(value),  # exact: a checkpoint may be an integer beyond 64 bits
-            "etag": state.get("etag", old_etag),
-            "last_modified": state.get("last_modified", old_modified),
-            "file_hash": state.get("file_hash", old_hash),
+            **validators,
             "run_id": run["id"],
         },
     )
@@ -160,6 +171,14 @@ def advanced_checkpoint(order: IncrementalOrder, stored: Any, maxima: list[Any],
         log.warning("checkpoint_kept", source=source, checkpoint=stored, kind=order.kind, error=str(exc))
         return stored
     return stored if greatest is None else order.stored(greatest)
+
+
+def _finished_cleanly(conn: psycopg.Connection, run: dict[str, Any]) -> bool:
+    """No fetch and no chunk of the run was delivered more than once (a crash, a retry)."""
+    if run["fetch_attempts"] > 1:
+        return False
+    retried = conn.execute("SELECT 1 FROM raw_chunks WHERE run_id = %s AND attempts > 1 LIMIT 1", (run["id"],))
+    return retried.fetchone() is None
 
 
 def fail_run(conn: psycopg.Connection, run_id: int, error: str) -> bool:

@@ -5,6 +5,10 @@ The API stores each delivery as a raw chunk of an open run (committed before it 
 this stage re-cuts the window's deliveries into chunks of `chunk_size` (a burst of small
 deliveries becomes a few tasks, not one per record), sets chunks_total, and fans out
 exactly like a fetch. From there, pushed records take the pulled records' path.
+
+An id delivered more than once in a window keeps its delivery order: the later copies are
+flagged repeats, as the fetch stage flags them (workers/pipeline/fetch/repeats.py), so the
+chunk holding the last delivery wins whatever order the chunks commit in.
 """
 
 from __future__ import annotations
@@ -13,9 +17,12 @@ from collections.abc import Callable
 
 import psycopg
 
-from app.core.raw_format import INSERT_RAW_CHUNK, decode_rows, raw_chunk_params
+from app.core.raw_format import INSERT_RAW_CHUNK, REPEAT, RawRow, decode_rows, raw_chunk_params
 from app.core.run_status import RunStatus
+from app.core.sources_config import SourceConfig
+from workers.pipeline.fetch.raw_digest import RowDigester
 from workers.pipeline.finalize import finalize_run
+from workers.sources.base import RawItem
 
 
 def close_window(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Callable[[int, int], None]) -> int | None:
@@ -35,6 +42,7 @@ def close_window(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Callab
         ):
             rows.extend(decode_rows(payload))
         conn.execute("DELETE FROM raw_chunks WHERE run_id = %s", (run_id,))
+        _flag_repeats(rows, SourceConfig(**row[0]))
         chunks = [rows[i:i + chunk_size] for i in range(0, len(rows), chunk_size)]
         with conn.cursor() as cur:
             cur.executemany(
@@ -50,3 +58,18 @@ def close_window(conn: psycopg.Connection, run_id: int, *, enqueue_chunk: Callab
     if not chunks:
         finalize_run(conn, run_id)
     return len(chunks)
+
+
+def _flag_repeats(rows: list[RawRow], source: SourceConfig) -> None:
+    """Mark every row whose id an earlier row of the window holds (app/core/raw_format.py)."""
+    key_of = RowDigester(source).key
+    seen: set[str] = set()
+    for row in rows:
+        key = key_of(RawItem(row[1]))
+        if key is None:
+            continue
+        if key in seen:
+            row.extend([None] * (5 - len(row)))  # no digest: webhook rows have none
+            row.append(REPEAT)
+        else:
+            seen.add(key)

@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from app.core.raw_format import INSERT_RAW_CHUNK, decode_rows, raw_chunk_params
+from app.core.raw_format import INSERT_RAW_CHUNK, REPEAT, decode_rows, raw_chunk_params
 from workers.sources.base import RawItem, TabularRow
 
 # The stored form ([line, record, error, raw_text] rows) is defined in app/core/raw_format.py,
@@ -29,23 +29,33 @@ def encode_item(item: RawItem, columns: list[str] | None = None) -> list[Any]:
     """The stored row of an item; a tabular row whose columns are `columns` (the chunk's)
     is stored as its values, anything else as its record."""
     digest = None if item.digest is None else item.digest.hex()
+    row: list[Any]
     if item.values is not None and item.columns is columns:
-        return [item.line, item.values, None, None, digest]
-    if digest is None:
+        row = [item.line, item.values, None, None, digest]
+    elif digest is None and not item.repeat:
         return [item.line, item.record, item.error, item.raw_text]
-    return [item.line, item.record, item.error, item.raw_text, digest]
+    else:
+        row = [item.line, item.record, item.error, item.raw_text, digest]
+    if item.repeat:
+        row.append(REPEAT)
+    return row
 
 
 def decode_items(payload: bytes, columns: list[str] | None = None) -> list[RawItem]:
-    """Rows of 4 (webhook intake, rows without a digest) or 5 elements; with the chunk's
-    `columns`, a row whose record is a list is a tabular row's values."""
+    """Rows of 4 (webhook intake, rows without a digest), 5 or 6 elements (a later copy of
+    an id, app/core/raw_format.py); with the chunk's `columns`, a row whose record is a list
+    is a tabular row's values."""
     items: list[RawItem] = []
+    append = items.append
     for row in decode_rows(payload):
         digest = bytes.fromhex(row[4]) if len(row) > 4 and row[4] is not None else None
         if columns is not None and type(row[1]) is list:
-            items.append(TabularRow(row[1], row[0], columns, digest))
+            item: RawItem = TabularRow(row[1], row[0], columns, digest)
         else:
-            items.append(RawItem(row[1], row[0], row[2], row[3], digest))
+            item = RawItem(row[1], row[0], row[2], row[3], digest)
+        if len(row) > 5 and row[5] == REPEAT:
+            item.repeat = True
+        append(item)
     return items
 
 

@@ -7,7 +7,7 @@ the boundary: TransientError is worth retrying, PermanentError fails the run.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +35,12 @@ class RawItem:
     parsed; `line` is the 1-based line (CSV) or position (JSON/RSS) for rejections;
     `raw_text` keeps the unparsable text so a rejection still has its raw payload;
     `digest` is set by the fetch stage (workers/pipeline/fetch/raw_digest.py) and stored with
-    the record, so that a re-run recognises the row unchanged. `values` and `columns`
-    are set on a TabularRow only.
+    the record, so that a re-run recognises the row unchanged. `repeat` is set by the
+    fetch stage on a later copy of an id its run already holds (workers/pipeline/fetch/repeats.py).
+    `values` and `columns` are set on a TabularRow only.
     """
 
-    __slots__ = ("_record", "line", "error", "raw_text", "digest", "values", "columns")
+    __slots__ = ("_record", "line", "error", "raw_text", "digest", "repeat", "values", "columns")
 
     def __init__(
         self,
@@ -54,6 +55,7 @@ class RawItem:
         self.error = error
         self.raw_text = raw_text
         self.digest = digest
+        self.repeat = False
         self.values: list[str] | None = None
         self.columns: list[str] | None = None
 
@@ -95,6 +97,7 @@ class TabularRow(RawItem):
         self.error = None
         self.raw_text = None
         self.digest = digest
+        self.repeat = False
         self.values = values
         self.columns = columns
 
@@ -126,16 +129,25 @@ class RowBatch:
     def __len__(self) -> int:
         return len(self.values) + len(self.rejections)
 
-    def items(self, digests: Sequence[bytes | None] | None = None, only: list[int] | None = None) -> list[RawItem]:
+    def items(
+        self,
+        digests: Sequence[bytes | None] | None = None,
+        only: list[int] | None = None,
+        repeats: Collection[int] = (),
+    ) -> list[RawItem]:
         """The rows as items, in file order: the good rows given by position in `only`
         (ascending; all by default) and every rejection; `digests` (one per good row)
-        are set on the rows made."""
+        are set on the rows made, and `repeat` on those whose position is in `repeats`."""
         columns, values, lines = self.columns, self.values, self.lines
         positions = range(len(values)) if only is None else only
         if digests is None:
             rows: list[RawItem] = [TabularRow(values[i], lines[i], columns) for i in positions]
         else:
             rows = [TabularRow(values[i], lines[i], columns, digests[i]) for i in positions]
+        if repeats:
+            for row, position in zip(rows, positions, strict=True):
+                if position in repeats:
+                    row.repeat = True
         if not self.rejections:
             return rows
         merged: list[RawItem] = []

@@ -34,9 +34,10 @@ class Sifter:
         self._in_flight: deque[Sifted] = deque()  # batches being compared meanwhile, oldest first
 
     def add(self, item: RawItem) -> None:
-        """Pass an item on: straight to the buffer when the source is not filtered."""
+        """Pass an item on: straight to the buffer (flagged when it repeats an id) when the
+        source is not filtered."""
         if not self.unchanged.enabled:
-            self.buffer.add(item)
+            self.buffer.add(self.unchanged.flag_repeat(item))
             return
         self._pending.append(item)
         if len(self._pending) >= self.batch_size:

@@ -50,14 +50,46 @@ def _claim(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
         return cur.fetchone()
 
 
-def load_state(conn: psycopg.Connection, source: str) -> FetchState:
-    row = conn.execute(
-        "SELECT value, etag, last_modified, file_hash FROM checkpoints WHERE source = %s", (source,)
-    ).fetchone()
+# The validators (ETag, Last-Modified, file hash) let a run skip a source that did not
+# change since the run that stored them. Only while that run is the source's last one: a
+# later run that did not finish (failed, or still unfinished when this one started) may
+# have written part of another version of the source, which an unchanged source must
+# now overwrite. The run that stored them finished cleanly (finalize.py).
+_LOAD_STATE = """
+SELECT c.value, c.etag, c.last_modified, c.file_hash,
+       NOT EXISTS (SELECT 1 FROM runs r WHERE r.source = c.source AND r.id > coalesce(c.run_id, 0)
+                   AND r.id <> %(run_id)s) AS validators_hold
+FROM checkpoints c WHERE c.source = %(source)s
+"""
+
+
+def load_state(conn: psycopg.Connection, source: str, run_id: int) -> FetchState:
+    """What the source's last successful run left for run `run_id` (see _LOAD_STATE)."""
+    row = conn.execute(_LOAD_STATE, {"source": source, "run_id": run_id}).fetchone()
     conn.commit()
     if row is None:
         return FetchState()
-    return FetchState(checkpoint=row[0], etag=row[1], last_modified=row[2], file_hash=row[3])
+    value, etag, last_modified, file_hash, validators_hold = row
+    if not validators_hold:
+        return FetchState(checkpoint=value)
+    return FetchState(checkpoint=value, etag=etag, last_modified=last_modified, file_hash=file_hash)
+
+
+# No other run of the source, and no record of it that another run wrote (runs may be
+# removed by hand; records written by an earlier attempt of this run's fetch are its own).
+_FIRST_RUN = """
+SELECT CASE WHEN EXISTS (SELECT 1 FROM runs WHERE source = %(source)s AND id <> %(run_id)s) THEN false
+            ELSE NOT EXISTS (SELECT 1 FROM records WHERE source = %(source)s
+                             AND last_run_id IS DISTINCT FROM %(run_id)s) END
+"""
+
+
+def _is_first_run(conn: psycopg.Connection, source: str, run_id: int) -> bool:
+    """Whether the run is the source's first: nothing another run stored for it to be
+    compared with, so no repeated id needs flagging (fetch/repeats.py)."""
+    row = conn.execute(_FIRST_RUN, {"source": source, "run_id": run_id}).fetchone()
+    conn.commit()
+    return row is not None and bool(row[0])
 
 
 def loaded_checkpoint(order: IncrementalOrder, stored: Any, *, source: str) -> Position | None:
@@ -85,7 +117,8 @@ def fetch_run(
         fail_run(conn, run_id, f"fetch gave up after {max_attempts} attempts (worker lost or timed out each time)")
         return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
     source = SourceConfig(**run["config"])
-    state = load_state(conn, source.name)
+    state = load_state(conn, source.name, run_id)
+    first_run = _is_first_run(conn, source.name, run_id)
     order = IncrementalOrder.of(source.incremental_field, source.types)
     checkpoint = None
     if order is not None:
@@ -97,7 +130,7 @@ def fetch_run(
         chunks = 0
         if not extraction.not_modified:
             chunks = _store_and_fan_out(
-                conn, run_id, source, extraction, enqueue_chunk, order=order, checkpoint=checkpoint
+                conn, run_id, source, extraction, enqueue_chunk, order=order, checkpoint=checkpoint, first_run=first_run
             )
     except SourceError as exc:
         message = f"{type(exc).__name__}: {redact(str(exc), source.secret_values())}"
@@ -127,10 +160,11 @@ def _store_and_fan_out(
     *,
     order: IncrementalOrder | None,
     checkpoint: Position | None,
+    first_run: bool,
 ) -> int:
     """Store the extraction's items as raw chunks, handing each on; the number of chunks."""
     buffer = ChunkBuffer(conn, run_id=run_id, chunk_size=source.chunk_size, enqueue_chunk=enqueue_chunk)
-    with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source) as unchanged:
+    with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source, first_run=first_run) as unchanged:
         sifter = Sifter(unchanged, buffer, chunk_size=source.chunk_size)
         items = extraction.items
         if unchanged.enabled and extraction.batches is not None:

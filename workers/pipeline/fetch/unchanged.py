@@ -16,7 +16,9 @@ What makes dropping them safe:
   after a crash therefore cuts the same rows into the same chunks as the first attempt
   (chunks already stored are kept as they were: see raw.store_chunk).
 - An id that appears twice in one batch is never dropped: which copy wins stays the
-  normaliser's decision, as without this filter.
+  normaliser's decision, as without this filter. Nor is a later copy of an id an
+  earlier batch kept: it is flagged a repeat instead (repeats.py), so that an older copy
+  committed after it cannot win.
 - Sources with an incremental_field (their checkpoint comes from every row of the run)
   and sources with on_drift = "reject" (their rows are judged against a schema that may
   have changed since) are not filtered at all.
@@ -35,6 +37,7 @@ import psycopg
 
 from app.core.sources_config import SourceConfig
 from workers.pipeline.fetch.raw_digest import DIGEST_BYTES, RowDigester
+from workers.pipeline.fetch.repeats import KeptIds
 from workers.sources.base import RawItem, RowBatch
 
 GIL_SWITCH_INTERVAL_S = 0.001  # while a fetch runs (see UnchangedRows.__enter__)
@@ -96,7 +99,8 @@ Sifted = Callable[[], tuple[list[RawItem], int]]
 
 
 class UnchangedRows:
-    """Digests a run's raw items and drops those whose record is stored unchanged.
+    """Digests a run's raw items and drops those whose record is stored unchanged; flags
+    the later copies of an id (repeats.py), whether the source is filtered or not.
 
     The comparison runs in PostgreSQL (an index probe per row) on connections of its own,
     from PROBE_THREADS helper threads: while the database compares batches, the fetch
@@ -106,12 +110,14 @@ class UnchangedRows:
     context manager: leaving it stops the threads and closes their connections.
     """
 
-    def __init__(self, conn: psycopg.Connection, *, run_id: int, source: SourceConfig):
+    def __init__(self, conn: psycopg.Connection, *, run_id: int, source: SourceConfig, first_run: bool = False):
         self.conn = conn
         self.run_id = run_id
         self.source_name = source.name
         self.enabled = filters(source)
         self._digester = RowDigester(source)
+        # A source's first run has nothing an earlier run stored: no repeat to flag (repeats.py).
+        self.kept = None if first_run else KeptIds()
         self._executor: ThreadPoolExecutor | None = None
         self._opened: list[psycopg.Connection] = []  # one per helper thread, at most
         self._idle: list[psycopg.Connection] = []  # of those, the ones not comparing now
@@ -132,84 +138,121 @@ class UnchangedRows:
             probe_conn.close()
 
     def submit(self, batch: list[RawItem] | RowBatch) -> Sifted:
-        """Start sifting a batch (its digests are set now); the returned function gives the
-        items to keep, in order, and how many were dropped."""
+        """Start sifting a batch of a filtered source (its digests are set now); the returned
+        function, called for each batch in order, gives the items to keep, in order, and how
+        many were dropped."""
         if isinstance(batch, RowBatch):
             return self._submit_rows(batch)
         items = batch
-        if not self.enabled or not items:
+        if not self.enabled:
+            kept = [self.flag_repeat(item) for item in items]
+            return lambda: (kept, 0)
+        if not items:
             return lambda: (items, 0)
-        positions, keys, digests = self._recognisable(items)
-        if not keys:
-            return lambda: (items, 0)
-        probe = self._probe(keys, digests)
+        all_keys, positions, keys, digests = self._recognisable(items)
+        probe = self._probe(keys, digests) if keys else None
 
         def sifted() -> tuple[list[RawItem], int]:
-            to_keep = probe.result()
-            if to_keep is None:
+            to_keep = None if probe is None else probe.result()
+            kept: list[int] | None = None
+            if to_keep is not None:
+                dropped = set(positions).difference(positions[n - 1] for n in to_keep)
+                if dropped:
+                    kept = [position for position in range(len(items)) if position not in dropped]
+            kept, repeats = self._settle(all_keys, kept)
+            for position in repeats:
+                items[position].repeat = True
+            if kept is None:
                 return items, 0
-            dropped = set(positions).difference(positions[n - 1] for n in to_keep)
-            if not dropped:
-                return items, 0
-            return [item for position, item in enumerate(items) if position not in dropped], len(dropped)
+            return [items[position] for position in kept], len(items) - len(kept)
 
         return sifted
+
+    def flag_repeat(self, item: RawItem) -> RawItem:
+        """For an item of a source that is not filtered, kept as it comes: flag it when it
+        repeats an id kept before."""
+        if self.kept is None:
+            return item
+        key = self._digester.key(item)
+        if key is not None and self.kept.keep([key]):
+            item.repeat = True
+        return item
 
     def _submit_rows(self, batch: RowBatch) -> Sifted:
         """submit() for a batch of tabular rows: keys and digests are taken a batch at a
         time, and an object is made only for each row kept."""
         keys, digests = self._digester.tabular(batch)
         usable = [key for key in keys if key is not None]
-        if not self.enabled or not usable:
-            return lambda: (batch.items(digests), 0)
         positions: list[int] | None = None  # of the rows compared; None: every row, in order
         compared_digests = digests
-        if len(usable) != len(keys) or len(set(usable)) != len(usable):
+        if usable and (len(usable) != len(keys) or len(set(usable)) != len(usable)):
             candidates = [position for position, key in enumerate(keys) if key is not None]
             positions, usable, compared_digests = _without_repeated_keys(
                 candidates, usable, [digests[position] for position in candidates]
             )
-            if not usable:
-                return lambda: (batch.items(digests), 0)
-        probe = self._probe(usable, compared_digests)
+        probe = self._probe(usable, compared_digests) if usable and self.enabled else None
 
         def sifted() -> tuple[list[RawItem], int]:
-            to_keep = probe.result()
-            if to_keep is None:
-                return batch.items(digests), 0
-            if positions is None:
+            to_keep = None if probe is None else probe.result()
+            kept: list[int] | None = None
+            if to_keep is not None and positions is None:
                 kept = sorted(n - 1 for n in to_keep)
-            else:
+            elif to_keep is not None:
+                assert positions is not None
                 not_compared = set(range(len(keys))).difference(positions)
                 kept = sorted(not_compared.union(positions[n - 1] for n in to_keep))
-            return batch.items(digests, kept), len(keys) - len(kept)
+            if kept is not None and len(kept) == len(keys):
+                kept = None
+            kept, repeats = self._settle(keys, kept)
+            return batch.items(digests, kept, repeats), 0 if kept is None else len(keys) - len(kept)
 
         return sifted
+
+    def _settle(self, keys: list[str | None], kept: list[int] | None) -> tuple[list[int] | None, set[int]]:
+        """Of a batch's rows (their keys, in order, None for no usable key) and those the
+        comparison would keep (positions, ascending; None: all): the positions to keep and
+        those of the repeats among them. Called for each batch in order: a repeat is never
+        dropped, and the keys kept here are remembered for the batches after it."""
+        kept_ids = self.kept
+        if kept_ids is None:
+            return kept, set()
+        if kept is not None and kept_ids:
+            held = kept_ids.holding(keys)  # repeats the comparison would drop among them
+            if held and not set(held).issubset(kept):
+                kept = sorted(set(kept).union(held))
+                if len(kept) == len(keys):
+                    kept = None
+        if kept is None and None not in keys:  # every row kept, every id usable: a first load's batches
+            return None, set(kept_ids.keep(keys))  # type: ignore[arg-type]
+        with_key = [position for position in (range(len(keys)) if kept is None else kept) if keys[position] is not None]
+        found = kept_ids.keep([keys[position] for position in with_key])  # type: ignore[misc]
+        return kept, {with_key[n] for n in found}
 
     def _probe(self, keys: list[str], digests: list[bytes]) -> Future[list[int] | None]:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=PROBE_THREADS, thread_name_prefix="unchanged-rows")
         return self._executor.submit(self._rows_to_keep, keys, b"".join(digests))
 
-    def _recognisable(self, items: list[RawItem]) -> tuple[list[int], list[str], list[bytes]]:
-        """Set every record's digest; the positions, keys and digests of those that could be
-        recognised (a usable id, not repeated in the batch)."""
+    def _recognisable(self, items: list[RawItem]) -> tuple[list[str | None], list[int], list[str], list[bytes]]:
+        """Set every record's digest; every item's key (None: no usable id), and the
+        positions, keys and digests of those that could be recognised (a usable id and a
+        digest, the id not repeated in the batch)."""
         key_of, digest_of = self._digester.key, self._digester.digest
+        all_keys: list[str | None] = []
         positions: list[int] = []
         keys: list[str] = []
         digests: list[bytes] = []
         for position, item in enumerate(items):
             digest = item.digest = digest_of(item)
-            if digest is None:
-                continue
             key = key_of(item)
-            if key is not None:
+            all_keys.append(key)
+            if digest is not None and key is not None:
                 positions.append(position)
                 keys.append(key)
                 digests.append(digest)
         if len(set(keys)) != len(keys):
-            return _without_repeated_keys(positions, keys, digests)
-        return positions, keys, digests
+            return all_keys, *_without_repeated_keys(positions, keys, digests)
+        return all_keys, positions, keys, digests
 
     def _rows_to_keep(self, keys: list[str], digests: bytes) -> list[int] | None:
         """In a helper thread: the 1-based positions to keep, None for all of them."""

@@ -57,6 +57,7 @@ class NormalizedRecord:
     raw_digest: bytes | None = None  # of the raw row it was made from (raw_digest.py)
     data_json: str | None = None  # `data` as JSON text (see content_of), written as it is
     item: RawItem | None = None  # what it was made from, for a rejection at the upsert
+    repeat: bool = False  # a later copy of an id an earlier chunk of the run holds (fetch/repeats.py)
 
 
 @dataclass(slots=True)
@@ -157,6 +158,8 @@ class Normalizer:
                 continue
             record.raw_digest = item.digest
             record.item = item
+            if item.repeat:
+                record.repeat = True
             key = record.external_id
             if NUL in key:  # one record as stored (stored_key): the upsert writes each key once
                 key = stored_key(key)

@@ -44,8 +44,8 @@ def write_chunk(
         records, refused = admissible(chunk.records)
         inserted, updated, unstorable = write_isolated(
             conn, records,
-            lambda part, fresh_stage: write_records(conn, source=source, run_id=run_id, records=part,
-                                                    fresh_stage=fresh_stage),
+            lambda part, fresh_stage: write_records(conn, source=source, run_id=run_id, chunk_no=chunk_no,
+                                                    records=part, fresh_stage=fresh_stage),
         )
         rejections = [*chunk.rejections, *refused, *unstorable]
         write_rejections(conn, run_id=run_id, source=source, chunk_no=chunk_no, rejections=rejections)
