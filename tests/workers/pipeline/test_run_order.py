@@ -22,8 +22,8 @@ from app.core.sources_config import SourceConfig
 from tests.support.pipeline import get_run, records, source
 from workers.pipeline.fetch.stage import fetch_run
 from workers.pipeline.finalize import fail_run
-from workers.pipeline.normalize import stage as chunk_stage
-from workers.pipeline.push import close_push_run
+from workers.pipeline.normalize.stage import process_chunk
+from workers.pipeline.push import close_window
 
 
 def write_csv(path: Path, rows: list[list[str]]) -> None:
@@ -48,7 +48,7 @@ def fetch(conn: psycopg.Connection, config: SourceConfig) -> tuple[int, list[int
 def commit(conn: psycopg.Connection, run_id: int, chunks: list[int]) -> dict[str, Any]:
     """Commit the chunks in the order given; the finished run."""
     for chunk_no in chunks:
-        assert chunk_stage.normalize_and_upsert(conn, run_id, chunk_no).counts is not None
+        assert process_chunk(conn, run_id, chunk_no).counts is not None
     run = get_run(conn, run_id)
     assert run["status"] == RunStatus.SUCCEEDED, run
     return run
@@ -198,7 +198,7 @@ def push_window(db: psycopg.Connection, database: str, config: SourceConfig, del
         ))
     with psycopg.connect(database) as conn:
         sent: list[int] = []
-        close_push_run(conn, run_id, enqueue_chunk=lambda _run, chunk_no: sent.append(chunk_no))
+        close_window(conn, run_id, enqueue_chunk=lambda _run, chunk_no: sent.append(chunk_no))
         return commit(conn, run_id, sent if order == "in order" else sent[::-1])
 
 
@@ -267,7 +267,7 @@ def test_an_unchanged_file_is_read_again_after_a_failed_run(
         write_csv(path, [[key, f"failed {key}"] for key, _ in people(10)])
         failed, chunks = fetch(conn, config)
         assert chunks == [0, 1]
-        chunk_stage.normalize_and_upsert(conn, failed, 0)
+        process_chunk(conn, failed, 0)
         fail_run(conn, failed, "the upstream went away")
         assert get_run(db, failed)["status"] == RunStatus.FAILED
         assert titles(db, "people")["1"] == "failed 1"
