@@ -106,8 +106,10 @@ _COPY_STAGE = (
 # load has nothing to compare with, so a few evenly spaced keys are probed first, and when
 # none of them is stored the chunk is taken for new records. A record changed meanwhile
 # by a concurrent chunk of the same run holds another copy of the id: when that copy is
-# the later one it wins anyway, and when it is the earlier one this copy is a repeat,
-# which is never compared here but always goes to the upsert (see the module notes).
+# the later one it wins anyway; when it is the earlier one, this copy goes to the upsert,
+# which decides on the record as it then is. Either this copy is a repeat, never compared
+# here, or (a source's first run, whose fetch flags none) the comparison found the record
+# not stored, or written by an earlier chunk: both are sent on.
 # One correlated probe per key: an index scan on (source, external_id) whatever the
 # statistics say (`external_id = ANY(...)` turns into a sequential scan on a fresh table).
 _STORED_HASHES = (
