@@ -91,6 +91,10 @@ class SourceConfig(BaseModel):
     fields: dict[str, str] = Field(default_factory=dict)
     types: dict[str, Coercion] = Field(default_factory=dict)
     delimiter: str = ","
+    # csv: the longest field, in characters. Python's csv default (131,072) refuses real exports
+    # (long descriptions, embedded documents); still bounded, so one broken quote cannot make a
+    # row swallow the rest of the file into memory.
+    max_field_chars: int = Field(8 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
     secret_env: str | None = None
     on_drift: OnDrift = "record"
     timeout_s: float = Field(30.0, gt=0, le=3600, description="Total deadline per HTTP request.")

@@ -48,7 +48,8 @@ def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None
             temp.unlink(missing_ok=True)
         return Extraction(items=iter(()), not_modified=True)
     try:
-        rows = CsvRows(path, _encoding(digest), source.delimiter, where, temp=temp)
+        rows = CsvRows(path, _encoding(digest), source.delimiter, where, temp=temp,
+                       max_field_chars=source.max_field_chars)
     except BaseException:
         if temp is not None:
             temp.unlink(missing_ok=True)
@@ -123,7 +124,10 @@ class CsvRows:
     consumed, when the iterator is garbage collected.
     """
 
-    def __init__(self, path: Path, encoding: str, delimiter: str, where: str, *, temp: Path | None = None):
+    def __init__(
+        self, path: Path, encoding: str, delimiter: str, where: str, *, temp: Path | None = None,
+        max_field_chars: int = 8 * 1024 * 1024,
+    ):
         self.where = where
         self._temp = temp
         self._handle: TextIO = path.open("r", encoding=encoding, newline="")
@@ -134,6 +138,8 @@ class CsvRows:
             # than plain utf-8, for every row of the file.
             if encoding == "utf-8" and self._handle.read(1) != _BOM:
                 self._handle.seek(0)
+            # Process-wide in the csv module; a worker process reads one file at a time.
+            csv.field_size_limit(max_field_chars)
             self._reader = csv.reader(self._handle, delimiter=delimiter)
             self.header = self._read_header()
         except BaseException:

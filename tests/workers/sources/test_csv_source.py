@@ -57,10 +57,18 @@ def test_broken_rows_are_rejected_with_line_numbers_and_the_rest_load(make_sourc
     assert next(i for i in items if i.line == 6).record == {"id": "5", "name": "Eve\nSecond", "age": "50"}
 
 
-def test_field_over_the_csv_limit_is_one_rejection(make_source, tmp_path) -> None:
+def test_a_field_longer_than_pythons_default_limit_loads(make_source, tmp_path) -> None:
+    path = tmp_path / "long_field.csv"
+    path.write_text("id,text\n1,ok\n2," + "x" * 1_000_000 + "\n3,fine\n")  # Python's csv default: 131,072
+    _, items = run(csv_at(make_source, path))
+    assert [(i.line, i.record is None) for i in items] == [(2, False), (3, False), (4, False)]
+    assert len(items[1].record["text"]) == 1_000_000
+
+
+def test_field_over_the_configured_limit_is_one_rejection(make_source, tmp_path) -> None:
     path = tmp_path / "huge_field.csv"
     path.write_text("id,text\n1,ok\n2," + "x" * 200_000 + "\n3,fine\n")
-    _, items = run(csv_at(make_source, path))
+    _, items = run(csv_at(make_source, path, max_field_chars=100_000))
     assert [(i.line, i.record is None) for i in items] == [(2, False), (3, True), (4, False)]
     rejected = items[1]
     assert rejected.error is not None and "field larger than field limit" in rejected.error
