@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from app.core.run_status import RunStatus
+from scripts.bench.stack import MemorySampler
 from tests.conftest import WorkerProcess
-from tests.support.memory import PeakMemory
 from tests.support.pipeline import ingest, records, rejects, source
 
 DOCUMENT_BYTES = 100 * 1000 * 1000
@@ -63,7 +63,7 @@ def test_a_100_mb_document_streams_through_a_worker_of_bounded_memory(
         worker = WorkerProcess("bigdoc", extra_env={"TASK_TIMEOUT_S": "900"}).start()
         try:
             assert worker.proc is not None
-            with PeakMemory(worker.proc.pid) as memory:
+            with MemorySampler(worker.proc.pid) as memory:
                 run = ingest(db, config, timeout_s=800)
         finally:
             worker.stop()
@@ -74,7 +74,7 @@ def test_a_100_mb_document_streams_through_a_worker_of_bounded_memory(
     assert stored == (count, 0, count - 1)
     last = db.execute("SELECT data FROM records WHERE external_id = %s", (str(count - 1),)).fetchone()
     assert last is not None and last[0]["big"] == 2**62 + count - 1 and last[0]["author"]["id"] == (count - 1) % 977
-    assert memory.largest_mib < PEAK_BOUND_MIB, f"worker peaks (KiB): {memory.peaks_kib}"
+    assert memory.max_mib < PEAK_BOUND_MIB, f"worker peaks (KiB): {memory.peaks_kib}"
 
 
 @pytest.mark.usefixtures("worker")
