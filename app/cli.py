@@ -275,8 +275,8 @@ def reset(yes: Annotated[bool, typer.Option("--yes", help="Confirm deleting all 
     settings = _settings()
     with _connect(settings) as conn:
         conn.execute(
-            "TRUNCATE records, runs, raw_chunks, chunk_ledger, rejected_records, checkpoints, source_stats,"
-            " schema_fields, drift_events, idempotency_keys, webhook_deliveries RESTART IDENTITY"
+            "TRUNCATE records, runs, raw_chunks, fetch_kept_ids, chunk_ledger, rejected_records, checkpoints,"
+            " source_stats, schema_fields, drift_events, idempotency_keys, webhook_deliveries RESTART IDENTITY"
         )
         conn.commit()
     console.print(f"database [bold]{settings.database_name}[/bold] reset")

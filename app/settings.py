@@ -40,6 +40,14 @@ class Settings(BaseSettings):
     )
     webhook_max_body_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Largest accepted webhook body.")
     flower_url: str = Field("http://127.0.0.1:5555", description="Where the console links to Flower.")
+    fetch_segment_s: float = Field(
+        60, ge=1, le=3600,
+        description="Longest a fetch task reads before it commits its position and hands on to a continuation"
+        " task (at most a quarter of TASK_TIMEOUT_S is used).",
+    )
+    fetch_segment_chunks: int = Field(
+        200, ge=1, le=1_000_000, description="Most raw chunks a fetch task stores before it hands on."
+    )
     raw_retention_days: float = Field(
         7, ge=0, le=3650, description="Raw chunks of a finished run are kept this long, then pruned."
     )
@@ -96,6 +104,12 @@ class Settings(BaseSettings):
         return self
 
     # --- derived values -------------------------------------------------------------
+
+    @property
+    def segment_budget_s(self) -> float:
+        """How long one fetch segment reads: FETCH_SEGMENT_S, and never more than a quarter of
+        the task time limit, so a segment ends (and commits) long before the limit kills it."""
+        return min(self.fetch_segment_s, self.task_timeout_s / 4)
 
     @property
     def database_name(self) -> str:

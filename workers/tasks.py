@@ -14,6 +14,7 @@ from app.core.sources_config import load_sources
 from app.settings import get_settings
 from workers import db
 from workers.celery import app
+from workers.pipeline.fetch.segment import SegmentBudget
 from workers.pipeline.fetch.stage import fetch_run
 from workers.pipeline.finalize import fail_run
 from workers.pipeline.normalize.stage import process_chunk, record_failure, start_attempt
@@ -41,11 +42,18 @@ def enqueue_chunk(run_id: int, chunk_no: int) -> None:
 
 @app.task(bind=True, name="workers.tasks.fetch_source", max_retries=None)
 def fetch_source(self: Task, run_id: int) -> dict[str, object] | None:
-    """Stream the run's source into raw chunks and fan out one normalize task per chunk."""
+    """Stream one segment of the run's source into raw chunks, fan out one normalize task
+    per chunk, and hand on to a continuation task when the source goes on (fetch/segment.py)."""
     _bind(self, run_id=run_id)
     try:
         outcome = fetch_run(
-            db.connection(), run_id, enqueue_chunk=enqueue_chunk, max_attempts=settings.max_task_attempts
+            db.connection(),
+            run_id,
+            enqueue_chunk=enqueue_chunk,
+            max_attempts=settings.max_task_attempts,
+            budget=SegmentBudget(seconds=settings.segment_budget_s, chunks=settings.fetch_segment_chunks),
+            enqueue_continuation=lambda run: fetch_source.apply_async((run,)),
+            timeout_s=settings.task_timeout_s,
         )
     except psycopg.OperationalError as exc:  # database unreachable or restarted: try again later
         db.reset()
@@ -61,7 +69,9 @@ def fetch_source(self: Task, run_id: int) -> dict[str, object] | None:
         log.exception("fetch_crashed")
         fail_run(db.connection(), run_id, f"fetch crashed: {type(exc).__name__}: {exc}")
         return None
-    return None if outcome is None else {"chunks": outcome.chunks, "status": outcome.status}
+    if outcome is None:
+        return None
+    return {"chunks": outcome.chunks, "status": outcome.status, "continued": outcome.continued}
 
 
 @app.task(bind=True, name="workers.tasks.normalize_and_upsert", max_retries=None)

@@ -19,7 +19,7 @@ from sqlalchemy import (
     Table,
     Text,
 )
-from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR
+from sqlalchemy.dialects.postgresql import JSONB, TSVECTOR, UUID
 
 metadata = MetaData()
 
@@ -69,6 +69,12 @@ runs = Table(
     Column("rejected", BigInteger, nullable=False),
     Column("error", Text),
     Column("idempotency_key", Text),
+    # A fetch in segments (workers/pipeline/fetch/segment.py)
+    Column("fetch_position", JSONB),  # where the next segment starts; NULL: from the top
+    Column("fetch_progress", JSONB),  # what the fetch read so far (progress in GET /runs/{id})
+    Column("fetch_lease", UUID),  # the one fetch task allowed to write for the run
+    Column("fetch_segments", Integer, nullable=False),  # segments that ended
+    Column("segment_attempts", Integer, nullable=False),  # deliveries of the current segment
 )
 
 raw_chunks = Table(

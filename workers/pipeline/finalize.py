@@ -174,8 +174,8 @@ def advanced_checkpoint(order: IncrementalOrder, stored: Any, maxima: list[Any],
 
 
 def _finished_cleanly(conn: psycopg.Connection, run: dict[str, Any]) -> bool:
-    """No fetch and no chunk of the run was delivered more than once (a crash, a retry)."""
-    if run["fetch_attempts"] > 1:
+    """No fetch segment and no chunk of the run was delivered more than once (a crash, a retry)."""
+    if run["fetch_attempts"] > run["fetch_segments"]:
         return False
     retried = conn.execute("SELECT 1 FROM raw_chunks WHERE run_id = %s AND attempts > 1 LIMIT 1", (run["id"],))
     return retried.fetchone() is None

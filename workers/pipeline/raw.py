@@ -4,6 +4,7 @@ and the normalize stage. Tasks carry (run_id, chunk_no), never the rows themselv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,13 +74,19 @@ def store_chunk(
     items: list[list[Any]],
     skipped: int = 0,
     columns: list[str] | None = None,
+    before: Callable[[psycopg.Connection], None] | None = None,
+    after: Callable[[psycopg.Connection], None] | None = None,
 ) -> bool:
     """Store one chunk (committed); return True when it still needs normalising.
 
-    A fetch that is re-driven after a crash produces the same chunk numbers; a chunk
-    already stored is kept as it was, and only re-enqueued if its ledger row is absent.
+    `before` and `after` run in the same transaction (the fetch stage checks its lease
+    first, and commits its resume position with a segment's last chunk). A fetch that is
+    re-driven after a crash produces the same chunk numbers; a chunk already stored is
+    kept as it was, and only re-enqueued if its ledger row is absent.
     """
     with conn.transaction():
+        if before is not None:
+            before(conn)
         conn.execute(_LZ4_FOR_THIS_TRANSACTION)
         conn.execute(
             INSERT_RAW_CHUNK,
@@ -88,6 +95,8 @@ def store_chunk(
         done = conn.execute(
             "SELECT 1 FROM chunk_ledger WHERE run_id = %s AND chunk_no = %s", (run_id, chunk_no)
         ).fetchone()
+        if after is not None:
+            after(conn)
     return done is None
 
 

@@ -2,7 +2,7 @@
 
 Runs from beat every few seconds. Anything stalled longer than TASK_TIMEOUT_S is sent
 again; the ledger makes a duplicate delivery harmless. Attempt counters in the database
-(runs.fetch_attempts, raw_chunks.attempts) turn endless redelivery into a failed run.
+(runs.segment_attempts, raw_chunks.attempts) turn endless redelivery into a failed run.
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def reconcile_stalled(
     report = ReconcileReport()
     params = {"timeout": timeout_s, "active": list(ACTIVE), "running_status": RunStatus.RUNNING}
     for (run_id,) in conn.execute(_STALLED_FETCHES, params).fetchall():
-        with conn.transaction():  # reset the clock so the next pass does not send it again at once
-            conn.execute("UPDATE runs SET heartbeat_at = now() WHERE id = %s", (run_id,))
+        # Reset the clock so the next pass does not send it again at once, and free the fetch
+        # lease of the task that went silent: the one sent now takes it (fetch/segment.py).
+        with conn.transaction():
+            conn.execute("UPDATE runs SET heartbeat_at = now(), fetch_lease = NULL WHERE id = %s", (run_id,))
         enqueue_fetch(run_id)
         report.fetches_redriven.append(run_id)
     conn.commit()

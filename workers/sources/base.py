@@ -7,7 +7,7 @@ the boundary: TransientError is worth retrying, PermanentError fails the run.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -162,6 +162,27 @@ class RowBatch:
         return merged
 
 
+class Boundary:
+    """A point in a connector's stream where a fetch may stop and later resume.
+
+    Connectors yield one between items (among RawItems, or among RowBatches) wherever they
+    could start again: after a page, after a batch of rows. `position()` is the JSON-able
+    place to resume from, the connector's own shape, handed back to it as `resume`
+    (extract(..., resume=...)); it is called only when the fetch stops there, so it may
+    cost something. `progress` says how far the stream got, for people (GET /runs/{id}):
+    any of `bytes_read`, `bytes_total`, `pages`, `items`.
+    """
+
+    __slots__ = ("position", "progress")
+
+    def __init__(self, position: Callable[[], dict[str, Any]], progress: dict[str, Any]):
+        self.position = position
+        self.progress = progress
+
+    def __repr__(self) -> str:
+        return f"Boundary(progress={self.progress!r})"
+
+
 @dataclass(slots=True)
 class FetchState:
     """What the previous successful run left behind for this source."""
@@ -185,12 +206,19 @@ class Extraction:
     RowBatch at a time, read from the same stream (consume one or the other, never
     both). A re-run that leaves most rows out unchanged then never makes an object per
     row (workers/pipeline/fetch/unchanged.py).
+
+    Both streams may carry Boundary markers: where the fetch stage may end a segment and
+    resume later. Given `resume` (a Boundary's position), a connector starts there;
+    `new_state` then holds only what it learnt in this segment (the stage keeps the rest).
     """
 
-    items: Iterator[RawItem]
+    items: Iterator[RawItem | Boundary]
     not_modified: bool = False
     new_state: dict[str, Any] = field(default_factory=dict)
-    batches: Iterator[RowBatch] | None = None
+    batches: Iterator[RowBatch | Boundary] | None = None
+    # Set when extract() was given a position it could not resume from (the file changed
+    # since): the stream starts again from the top of the source, and this says why.
+    restarted: str | None = None
 
 
 def dotted_get(obj: Any, path: str) -> Any:

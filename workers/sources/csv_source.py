@@ -25,7 +25,12 @@ RAW_TEXT_LIMIT = 64 * 1024  # a runaway quoted field must not make one rejection
 ROWS_PER_BATCH = 5000  # rows read in one go (Extraction.batches); the unchanged-row filter compares one per query
 
 
-def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None = None) -> Extraction:
+def extract(
+    source: SourceConfig,
+    state: FetchState,
+    fetcher: HttpFetcher | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Extraction:
     """Open the file, check its hash, read the header; rows come lazily as RawItem."""
     assert source.url is not None
     validators: dict[str, Any] = {}

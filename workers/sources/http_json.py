@@ -26,7 +26,12 @@ from workers.sources.json_records import JsonRecords, Rejected, streamable
 from workers.sources.pagination import PageRequest, Paginator, paginator_for
 
 
-def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None = None) -> Extraction:
+def extract(
+    source: SourceConfig,
+    state: FetchState,
+    fetcher: HttpFetcher | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Extraction:
     """Open the source; items are RawItem per element of the record list, page after page."""
     if source_is_local(source):
         # A local file is one document: pagination and since_param have nothing to act on.

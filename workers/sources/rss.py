@@ -23,7 +23,12 @@ from workers.sources.document import open_document
 from workers.sources.http import HttpFetcher
 
 
-def extract(source: SourceConfig, state: FetchState, fetcher: HttpFetcher | None = None) -> Extraction:
+def extract(
+    source: SourceConfig,
+    state: FetchState,
+    fetcher: HttpFetcher | None = None,
+    resume: dict[str, Any] | None = None,
+) -> Extraction:
     """Fetch (conditionally) and parse the feed; items are RawItem per <item> / <entry>."""
     document = open_document(source, state, fetcher)
     if document.not_modified:

@@ -110,3 +110,18 @@ class KeptIds:
         self._table = bytearray(SLOTS)
         deque(map(self._table.__setitem__, _slots(self._ids), repeat(1)), maxlen=0)
         self._ids = None
+
+    def snapshot(self) -> set[str] | bytes:
+        """What a later fetch segment of the run needs to go on (fetch/segment.py)."""
+        return set(self._ids) if self._ids is not None else bytes(self._table or b"")
+
+    @classmethod
+    def restore(cls, snapshot: set[str] | bytes) -> KeptIds:
+        kept = cls()
+        if isinstance(snapshot, set):
+            kept._ids = snapshot
+        else:
+            if len(snapshot) != SLOTS:
+                raise ValueError(f"a kept-ids table has {SLOTS} slots, not {len(snapshot)}")
+            kept._ids, kept._table = None, bytearray(snapshot)
+        return kept

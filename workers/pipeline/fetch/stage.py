@@ -7,47 +7,35 @@ at a time through the unchanged-row filter (sifter.py, unchanged.py), into a buf
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-import orjson
 import psycopg
 import structlog
-from psycopg.rows import dict_row
 
 from app.core.redaction import redact
-from app.core.run_status import ACTIVE, RunStatus
+from app.core.run_status import RunStatus
 from app.core.sources_config import SourceConfig
-from workers.pipeline.fetch.buffer import ChunkBuffer, EnqueueChunk, RunStopped
+from workers.pipeline.fetch.buffer import ChunkBuffer, EnqueueChunk
+from workers.pipeline.fetch.repeats import KeptIds
+from workers.pipeline.fetch.segment import Lease, RunStopped, SegmentBudget, SegmentClock, claim, load_kept
 from workers.pipeline.fetch.sifter import Sifter
 from workers.pipeline.fetch.unchanged import UnchangedRows
 from workers.pipeline.finalize import fail_run, finalize_run
 from workers.pipeline.gc_pause import paused_gc
 from workers.pipeline.incremental import IncrementalOrder, Position, UncomparableValue
-from workers.sources.base import Extraction, FetchState, SourceError, dotted_get
+from workers.sources.base import Boundary, Extraction, FetchState, SourceError, dotted_get
 from workers.sources.registry import extract
 
 log = structlog.get_logger(__name__)
-
-_CLAIM_FETCH = """
-UPDATE runs SET status = %(running_status)s, started_at = coalesce(started_at, now()), heartbeat_at = now(),
-       fetch_attempts = fetch_attempts + 1
-WHERE id = %(run_id)s AND status = ANY(%(active)s) AND chunks_total IS NULL
-RETURNING *
-"""
-
 
 @dataclass(frozen=True)
 class FetchOutcome:
     chunks: int
     not_modified: bool
     status: str | None  # set when the run finished during the fetch stage
-
-
-def _claim(conn: psycopg.Connection, run_id: int) -> dict[str, Any] | None:
-    with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(_CLAIM_FETCH, {"run_id": run_id, "running_status": RunStatus.RUNNING, "active": list(ACTIVE)})
-        return cur.fetchone()
+    continued: bool = False  # the segment ended before the source did: a continuation task goes on
 
 
 # The validators (ETag, Last-Modified, file hash) let a run skip a source that did not
@@ -107,16 +95,27 @@ def loaded_checkpoint(order: IncrementalOrder, stored: Any, *, source: str) -> P
 
 
 def fetch_run(
-    conn: psycopg.Connection, run_id: int, *, enqueue_chunk: EnqueueChunk, max_attempts: int
+    conn: psycopg.Connection,
+    run_id: int,
+    *,
+    enqueue_chunk: EnqueueChunk,
+    max_attempts: int,
+    budget: SegmentBudget | None = None,
+    enqueue_continuation: Callable[[int], None] | None = None,
+    timeout_s: float = 300,
 ) -> FetchOutcome | None:
-    """Run the fetch stage of a run. None when there is nothing to do (already fetched/finished)."""
-    run = _claim(conn, run_id)
-    if run is None:
+    """Run one segment of the fetch stage of a run (segment.py): from where the last one
+    stopped, until the source ends or `budget` is spent, when `enqueue_continuation` sends
+    the next. None when there is nothing to do (fetched, finished, or another task fetches)."""
+    claimed = claim(conn, run_id, timeout_s=timeout_s)
+    if claimed is None:
         return None
-    if run["fetch_attempts"] > max_attempts:
+    lease, run = claimed
+    if run["segment_attempts"] > max_attempts:
         fail_run(conn, run_id, f"fetch gave up after {max_attempts} attempts (worker lost or timed out each time)")
         return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
     source = SourceConfig(**run["config"])
+    resume = run["fetch_position"]
     state = load_state(conn, source.name, run_id)
     first_run = _is_first_run(conn, source.name, run_id)
     order = IncrementalOrder.of(source.incremental_field, source.types)
@@ -125,59 +124,142 @@ def fetch_run(
         checkpoint = loaded_checkpoint(order, state.checkpoint, source=source.name)
         # since_param sends the checkpoint in its canonical form, and none that cannot be read
         state = replace(state, checkpoint=None if checkpoint is None else order.stored(checkpoint))
+    if resume is not None:
+        # Mid-run: the validators (304, same file hash) only decide whether a run reads at all.
+        state = FetchState(checkpoint=state.checkpoint)
+    progress = {**(run["fetch_progress"] or {}), "segments": run["fetch_segments"] + 1}
     try:
-        extraction = extract(source, state)
-        chunks = 0
-        if not extraction.not_modified:
-            chunks = _store_and_fan_out(
-                conn, run_id, source, extraction, enqueue_chunk, order=order, checkpoint=checkpoint, first_run=first_run
-            )
+        extraction = extract(source, state, resume=None if resume is None else resume["source"])
+        if extraction.restarted:
+            progress["restarts"] = progress.get("restarts", 0) + 1
+            log.warning("fetch_restarted", run_id=run_id, source=source.name, reason=extraction.restarted)
+        segment = _Segment(
+            conn, lease, source, extraction,
+            enqueue_chunk=enqueue_chunk,
+            clock=SegmentClock(budget or SegmentBudget.unlimited(), resume["chunk_no"] if resume else 0),
+            fetch_state={**(run["fetch_state"] or {}), **extraction.new_state} if resume else None,
+            progress=progress,
+        )
+        if extraction.not_modified:
+            segment.finish()
+        else:
+            kept = load_kept(conn, run_id) if resume is not None and not first_run else None
+            segment.read(order=order, checkpoint=checkpoint, first_run=first_run, kept=kept)
     except SourceError as exc:
         message = f"{type(exc).__name__}: {redact(str(exc), source.secret_values())}"
         fail_run(conn, run_id, message)
         log.warning("fetch_failed", run_id=run_id, source=source.name, error=message)
         return FetchOutcome(chunks=0, not_modified=False, status=RunStatus.FAILED)
-    except RunStopped:
-        log.info("fetch_stopped", run_id=run_id, source=source.name, reason="the run ended (cancelled?)")
+    except RunStopped as exc:
+        log.info("fetch_stopped", run_id=run_id, source=source.name, reason=str(exc))
         return FetchOutcome(chunks=0, not_modified=False, status=None)
-    fetch_state = dict(extraction.new_state)
-    with conn.transaction():
-        conn.execute(
-            "UPDATE runs SET chunks_total = %s, fetch_state = %s::jsonb, heartbeat_at = now() WHERE id = %s",
-            (chunks, orjson.dumps(fetch_state).decode(), run_id),
-        )
+    if segment.chunks is None:
+        log.info("fetch_segment_done", run_id=run_id, source=source.name, progress=progress)
+        if enqueue_continuation is not None:
+            enqueue_continuation(run_id)
+        return FetchOutcome(chunks=segment.next_chunk, not_modified=False, status=None, continued=True)
     status = finalize_run(conn, run_id)
-    log.info("fetch_done", run_id=run_id, source=source.name, chunks=chunks, not_modified=extraction.not_modified)
-    return FetchOutcome(chunks=chunks, not_modified=extraction.not_modified, status=status)
+    log.info("fetch_done", run_id=run_id, source=source.name, chunks=segment.chunks,
+             not_modified=extraction.not_modified)
+    return FetchOutcome(chunks=segment.chunks, not_modified=extraction.not_modified, status=status)
 
 
-def _store_and_fan_out(
-    conn: psycopg.Connection,
-    run_id: int,
-    source: SourceConfig,
-    extraction: Extraction,
-    enqueue_chunk: EnqueueChunk,
-    *,
-    order: IncrementalOrder | None,
-    checkpoint: Position | None,
-    first_run: bool,
-) -> int:
-    """Store the extraction's items as raw chunks, handing each on; the number of chunks."""
-    buffer = ChunkBuffer(conn, run_id=run_id, chunk_size=source.chunk_size, enqueue_chunk=enqueue_chunk)
-    with paused_gc(), UnchangedRows(conn, run_id=run_id, source=source, first_run=first_run) as unchanged:
-        sifter = Sifter(unchanged, buffer, chunk_size=source.chunk_size)
-        items = extraction.items
-        if unchanged.enabled and extraction.batches is not None:
-            # A tabular source's rows, a batch at a time (from a local or already downloaded
-            # file, so the batch size does not delay the first chunk). Same stream as items.
-            for batch in extraction.batches:
-                sifter.add_batch(batch)
-            items = iter(())
-        for item in items:
-            if order is not None and checkpoint is not None and item.record is not None:
-                if not order.is_past(dotted_get(item.record, order.field), checkpoint):
-                    continue  # at or before the checkpoint: already committed by an earlier run
-            sifter.add(item)
-        sifter.close()
-        return buffer.close()
+class _Segment:
+    """One fetch task's reading of the source: items flow through the unchanged-row filter
+    (Sifter) into the chunk buffer until the source ends or the budget is spent at a Boundary."""
 
+    def __init__(
+        self,
+        conn: psycopg.Connection,
+        lease: Lease,
+        source: SourceConfig,
+        extraction: Extraction,
+        *,
+        enqueue_chunk: EnqueueChunk,
+        clock: SegmentClock,
+        fetch_state: dict[str, Any] | None,
+        progress: dict[str, Any],
+    ):
+        self.conn = conn
+        self.lease = lease
+        self.source = source
+        self.extraction = extraction
+        self.clock = clock
+        self._fetch_state = fetch_state  # None: the extraction's own (a first segment)
+        self.buffer = ChunkBuffer(
+            conn, lease=lease, chunk_size=source.chunk_size, enqueue_chunk=enqueue_chunk,
+            first_chunk_no=clock.first_chunk,
+        )
+        self.buffer.progress = progress
+        self.chunks: int | None = None  # once the source is read to its end
+        self.next_chunk = clock.first_chunk  # once the segment ended before the source did
+
+    @property
+    def fetch_state(self) -> dict[str, Any]:
+        # Read once the stream stopped: connectors fill new_state as they go.
+        if self._fetch_state is None:
+            return dict(self.extraction.new_state)
+        return {**self._fetch_state, **self.extraction.new_state}
+
+    def read(
+        self, *, order: IncrementalOrder | None, checkpoint: Position | None, first_run: bool, kept: KeptIds | None
+    ) -> None:
+        source, buffer = self.source, self.buffer
+        with paused_gc(), UnchangedRows(self.conn, run_id=self.lease.run_id, source=source,
+                                        first_run=first_run) as unchanged:
+            if kept is not None:
+                unchanged.kept = kept
+            sifter = Sifter(unchanged, buffer, chunk_size=source.chunk_size)
+            items = self.extraction.items
+            if unchanged.enabled and self.extraction.batches is not None:
+                # A tabular source's rows, a batch at a time (from a local or already downloaded
+                # file, so the batch size does not delay the first chunk). Same stream as items.
+                for batch in self.extraction.batches:
+                    if isinstance(batch, Boundary):
+                        if self._stop_at(batch, sifter, unchanged.kept):
+                            return
+                        continue
+                    sifter.add_batch(batch)
+                items = iter(())
+            for item in items:
+                if isinstance(item, Boundary):
+                    if self._stop_at(item, sifter, unchanged.kept):
+                        return
+                    continue
+                if order is not None and checkpoint is not None and item.record is not None:
+                    if not order.is_past(dotted_get(item.record, order.field), checkpoint):
+                        continue  # at or before the checkpoint: already committed by an earlier run
+                sifter.add(item)
+            sifter.close()
+            self.finish()
+
+    def finish(self) -> None:
+        """The source is read: store the last chunk with the fetch's end, in one transaction."""
+        progress = self.buffer.progress
+        progress["done"] = True
+
+        def end_fetch(conn: psycopg.Connection) -> None:
+            self.lease.end_fetch(conn, chunks=self.buffer.chunk_no + self._pending(), state=self.fetch_state,
+                                 progress=progress)
+
+        self.chunks = self.buffer.close(then=end_fetch)
+
+    def _pending(self) -> int:
+        return 1 if len(self.buffer) or self.buffer.skipped else 0
+
+    def _stop_at(self, boundary: Boundary, sifter: Sifter, kept: KeptIds | None) -> bool:
+        """Note the boundary's progress; when the budget is spent, end the segment here."""
+        self.buffer.progress.update(boundary.progress)
+        if not self.clock.spent(self.buffer.chunk_no):
+            return False
+        sifter.close()  # every row read before the boundary goes into a chunk
+        next_chunk = self.buffer.chunk_no + self._pending()
+        position = {"chunk_no": next_chunk, "source": boundary.position()}
+
+        def end_segment(conn: psycopg.Connection) -> None:
+            self.lease.end_segment(conn, position=position, state=self.fetch_state, progress=self.buffer.progress,
+                                   kept=kept)
+
+        self.buffer.close(then=end_segment)
+        self.next_chunk = next_chunk
+        return True
