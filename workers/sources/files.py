@@ -1,8 +1,10 @@
-"""Reading local source files: size-capped, hashed while read, UTF-8 validity checked on the way.
+"""Reading local source files: size-capped (documents) or not (streamed files), hashed while read,
+UTF-8 validity checked on the way.
 
-Local paths are how the bundled samples and operator-dropped files reach the pipeline; they get
-the same size cap as HTTP bodies so a wrong path (say, a multi-gigabyte log) fails clearly
-instead of exhausting a worker's memory.
+Local paths are how the bundled samples and operator-dropped files reach the pipeline. A file
+parsed as one document (JSON, XML) gets the same size cap as HTTP bodies, so a wrong path (say,
+a multi-gigabyte log) fails clearly instead of exhausting a worker's memory. A file read as a
+stream of rows (CSV) has no cap: memory stays one chunk whatever its size.
 """
 
 from __future__ import annotations
@@ -72,10 +74,10 @@ def local_path(url: str) -> Path:
     return Path(url)
 
 
-def _open_checked(path: Path, max_bytes: int) -> BinaryIO:
+def _open_checked(path: Path, max_bytes: int | None) -> BinaryIO:
     try:
         size = path.stat().st_size
-        if size > max_bytes:
+        if max_bytes is not None and size > max_bytes:
             raise PermanentError(f"file {path} is larger than {max_bytes} bytes")
         return path.open("rb")
     except FileNotFoundError:
@@ -86,18 +88,18 @@ def _open_checked(path: Path, max_bytes: int) -> BinaryIO:
         raise PermanentError(f"permission denied reading {path}") from None
 
 
-def capped_chunks(path: Path, max_bytes: int) -> Iterator[bytes]:
-    """Yield the file's bytes; the cap is re-checked while reading because a file can grow."""
+def capped_chunks(path: Path, max_bytes: int | None) -> Iterator[bytes]:
+    """Yield the file's bytes; the cap (None: none) is re-checked while reading because a file can grow."""
     total = 0
     with _open_checked(path, max_bytes) as handle:
         while chunk := handle.read(READ_CHUNK_BYTES):
             total += len(chunk)
-            if total > max_bytes:
+            if max_bytes is not None and total > max_bytes:
                 raise PermanentError(f"file {path} is larger than {max_bytes} bytes")
             yield chunk
 
 
-def digest_file(path: Path, max_bytes: int) -> ContentDigest:
+def digest_file(path: Path, max_bytes: int | None) -> ContentDigest:
     """Stream the file once through a ContentDigest, without keeping its bytes."""
     digest = ContentDigest()
     for chunk in capped_chunks(path, max_bytes):
@@ -115,3 +117,21 @@ def read_file(path: Path, max_bytes: int) -> tuple[bytes, ContentDigest]:
         parts.append(chunk)
     digest.finish()
     return b"".join(parts), digest
+
+
+HEAD_BYTES = 64 * 1024
+
+
+def file_identity(path: Path) -> dict[str, int | str]:
+    """What tells one version of a file from another without reading it all: size, mtime and
+    a hash of its first block. A fetch resuming mid-file (workers/pipeline/fetch/segment.py)
+    compares it with the one its run started with: any difference and it reads from the top."""
+    try:
+        stat = path.stat()
+        with path.open("rb") as handle:
+            head = handle.read(HEAD_BYTES)
+    except FileNotFoundError:
+        raise PermanentError(f"file not found: {path}") from None
+    except PermissionError:
+        raise PermanentError(f"permission denied reading {path}") from None
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "head_sha256": hashlib.sha256(head).hexdigest()}

@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.http_server import Response
 from workers.sources import csv_source
-from workers.sources.base import FetchState, PermanentError, RawItem, RowBatch, TabularRow
+from workers.sources.base import Boundary, FetchState, PermanentError, RawItem, RowBatch, TabularRow
 
 
 def run(source, state: FetchState | None = None, fetcher=None):  # type: ignore[no-untyped-def]
@@ -137,10 +137,18 @@ def test_rows_stream_a_batch_at_a_time(make_source, tmp_path) -> None:
     extraction = csv_source.extract(csv_at(make_source, path), FetchState())
     first: RawItem = next(extraction.items)
     assert first.record == {"id": "0", "v": "0"} and first.line == 2
-    assert sum(1 for _ in extraction.items) == 49_999
+    assert sum(1 for item in extraction.items if isinstance(item, RawItem)) == 49_999
     batches = csv_source.extract(csv_at(make_source, path), FetchState()).batches
     assert batches is not None
-    assert [len(batch) for batch in batches] == [csv_source.ROWS_PER_BATCH] * (50_000 // csv_source.ROWS_PER_BATCH)
+    stream = list(batches)
+    full = 50_000 // csv_source.ROWS_PER_BATCH
+    assert [len(batch) for batch in stream if isinstance(batch, RowBatch)] == [csv_source.ROWS_PER_BATCH] * full
+    # A place to resume after every full batch: the byte offset and line of the next row.
+    boundaries = [b for b in stream if isinstance(b, Boundary)]
+    assert len(boundaries) == full
+    first_position = boundaries[0].position()
+    expected_offset = len("id,v\n") + sum(len(f"{n},{n * 2}\n") for n in range(csv_source.ROWS_PER_BATCH))
+    assert (first_position["offset"], first_position["line"]) == (expected_offset, 1 + csv_source.ROWS_PER_BATCH)
 
 
 def rows_of(path: Path) -> csv_source.CsvRows:
