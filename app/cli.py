@@ -4,9 +4,9 @@ reset --yes."""
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Awaitable, Callable
+from contextlib import nullcontext
 from typing import Annotated, Any, TypeVar
 
 import psycopg
@@ -14,11 +14,14 @@ import typer
 from psycopg.rows import dict_row
 from rich.console import Console
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from app.core.enqueue import enqueue_fetch
+from app.core.progress import PROGRESS_COLUMNS, describe, run_progress
 from app.core.run_end import RunNotCancellable, RunNotFound, cancel_run
 from app.core.run_status import FINISHED, RunStatus
 from app.core.runs import COUNT_KEYS, RUN_COLUMNS, ActiveRunExists, SourcePaused, create_run, run_to_api
@@ -133,6 +136,11 @@ def run(
                 raise typer.Exit(1)
 
 
+_STATUS_STYLE = {
+    RunStatus.SUCCEEDED: "green", RunStatus.PARTIAL: "yellow", RunStatus.FAILED: "red", RunStatus.CANCELLED: "magenta",
+}
+
+
 def _runs_table(runs: list[dict[str, Any]], title: str = "runs") -> Table:
     """Runs in the API's shape (run_to_api) as a table."""
     table = Table(title=title)
@@ -140,46 +148,71 @@ def _runs_table(runs: list[dict[str, Any]], title: str = "runs") -> Table:
         table.add_column(column, overflow="fold")
     for r in runs:
         table.add_row(
-            str(r["id"]), r["source"], r["trigger"], r["status"], *(str(r["counts"][k]) for k in COUNT_KEYS),
-            r["created_at"][:19].replace("T", " "), (r["error"] or "")[:120],
+            str(r["id"]), r["source"], r["trigger"], Text(r["status"], style=_STATUS_STYLE.get(r["status"], "")),
+            *(str(r["counts"][k]) for k in COUNT_KEYS), r["created_at"][:19].replace("T", " "),
+            Text((r["error"] or "")[:120]),  # Text: an error's brackets are not rich markup
         )
     return table
 
 
-_PROGRESS_SQL = f"""
-SELECT {RUN_COLUMNS}, chunks_total,
-       (SELECT count(*) FROM chunk_ledger l WHERE l.run_id = runs.id) AS chunks_done,
+_FOLLOW_SQL = f"""
+SELECT {RUN_COLUMNS}, {PROGRESS_COLUMNS},
        (SELECT coalesce(sum(fetched), 0) FROM chunk_ledger l WHERE l.run_id = runs.id) AS live_fetched
 FROM runs WHERE id = ANY(%s) ORDER BY id
 """
 
 
+def _progress_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table(title="progress")
+    for column in ("run", "source", "status", "progress", "records processed"):
+        table.add_column(column)
+    for r in rows:
+        table.add_row(str(r["id"]), r["source"], r["status"], describe(run_progress(r)), f"{r['live_fetched']:,}")
+    return table
+
+
 def _follow(conn: psycopg.Connection, run_ids: list[int], timeout: float) -> list[dict[str, Any]]:
-    """Show live progress until every run is finished (or the timeout passes)."""
+    """Show live progress until every run is finished (or the timeout passes).
+
+    On a terminal, a table redrawn in place; otherwise (a pipe, a CI log) one line per
+    run each time its progress changes, since a redrawn table would leave nothing behind."""
     deadline = time.monotonic() + timeout
     rows: list[dict[str, Any]] = []
-    with Live(console=console, refresh_per_second=4, transient=not sys.stdout.isatty()) as live:
+    shown: dict[int, str] = {}
+    with Live(console=console, refresh_per_second=4, transient=True) if console.is_terminal else nullcontext() as live:
         while time.monotonic() < deadline:
             with conn.cursor(row_factory=dict_row) as cur:
-                cur.execute(_PROGRESS_SQL, (run_ids,))
+                cur.execute(_FOLLOW_SQL, (run_ids,))
                 rows = cur.fetchall()
             conn.commit()
-            table = Table(title="progress")
-            for column in ("run", "source", "status", "chunks", "records processed"):
-                table.add_column(column)
-            for r in rows:
-                total = "?" if r["chunks_total"] is None else str(r["chunks_total"])
-                chunks = f"{r['chunks_done']}/{total}"
-                table.add_row(str(r["id"]), r["source"], r["status"], chunks, str(r["live_fetched"]))
-            live.update(table)
+            if live is not None:
+                live.update(_progress_table(rows))
+            else:
+                for r in rows:
+                    line = f"run {r['id']} {r['source']}: {describe(run_progress(r))}"
+                    if shown.get(r["id"]) != line:
+                        console.print(line, markup=False, highlight=False, soft_wrap=True)
+                        shown[r["id"]] = line
             if all(r["status"] in FINISHED for r in rows):
                 break
             time.sleep(0.5)
     finished = [r for r in rows if r["status"] in FINISHED]
     console.print(_runs_table([run_to_api(r) for r in rows], "result"))
+    for r in finished:
+        if r["status"] not in (RunStatus.SUCCEEDED, RunStatus.PARTIAL):
+            err.print(_ended_badly(r), highlight=False)
     if len(finished) < len(run_ids):
         err.print(f"[red]timed out after {timeout:.0f}s with runs still active[/red]")
     return finished
+
+
+def _ended_badly(run: dict[str, Any]) -> str:
+    """Why a followed run did not succeed, in a sentence: its status, reason and what committed."""
+    committed = f"{run['fetched']:,} records committed before it stopped ({describe(run_progress(run))})"
+    if run["status"] == RunStatus.CANCELLED:
+        return f"[yellow]run {run['id']} ({run['source']}) was cancelled[/yellow]: {committed}"
+    reason = escape(run["error"] or "no reason recorded")  # an error's brackets are not rich markup
+    return f"[red]run {run['id']} ({run['source']}) failed:[/red] {reason}; {committed}"
 
 
 @cli.command()

@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from app.core.progress import Stage
 from app.core.run_status import RunStatus
 
 DriftKind = Literal["added", "removed", "type_changed"]
@@ -114,6 +115,65 @@ class Run(BaseModel):
                     "finished_at": None,
                     "counts": {"fetched": 0, "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0},
                     "error": None,
+                }
+            ]
+        }
+    )
+
+
+class RunProgress(BaseModel):
+    """Where a run's fetch is (app/core/progress.py). Fields a source cannot tell (a JSON
+    API has no byte size; a CSV file has no pages) are null."""
+
+    stage: Stage = Field(
+        description="queued: waiting for a worker; fetching: reading the source; normalizing: the source is "
+        "read and its chunks are being committed; finished: the run ended (see `status`)."
+    )
+    segments: int = Field(description="Fetch segments started (each a bounded task; the fetch resumes between them).")
+    pages: int | None = Field(description="Pages (or documents) read, for paginated sources.")
+    items_read: int | None = Field(description="Records read from the source so far.")
+    bytes_read: int | None = Field(description="Bytes of the file read so far.")
+    bytes_total: int | None = Field(description="The file's size, when the source says it.")
+    fraction_read: float | None = Field(
+        ge=0, le=1, description="bytes_read / bytes_total (0..1), when both are known."
+    )
+    chunks_stored: int = Field(description="Raw chunks the fetch stored so far.")
+    chunks_committed: int = Field(description="Chunks normalised and committed.")
+    chunks_total: int | None = Field(description="Every chunk of the run; null until the whole source is read.")
+    restarts: int = Field(description="Times the fetch started again from the top because the source changed.")
+
+
+class RunDetail(Run):
+    """One run (GET /runs/{id}): the run and where its fetch is."""
+
+    progress: RunProgress
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": 7,
+                    "source": "posts",
+                    "trigger": "api",
+                    "status": RunStatus.RUNNING.value,
+                    "created_at": _TS,
+                    "started_at": _TS,
+                    "finished_at": None,
+                    "counts": {"fetched": 0, "inserted": 0, "updated": 0, "unchanged": 0, "rejected": 0},
+                    "error": None,
+                    "progress": {
+                        "stage": Stage.FETCHING.value,
+                        "segments": 3,
+                        "pages": None,
+                        "items_read": 2_400_000,
+                        "bytes_read": 300_000_000,
+                        "bytes_total": 812_000_000,
+                        "fraction_read": 0.3695,
+                        "chunks_stored": 2400,
+                        "chunks_committed": 2380,
+                        "chunks_total": None,
+                        "restarts": 0,
+                    },
                 }
             ]
         }

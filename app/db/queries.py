@@ -13,6 +13,7 @@ import orjson
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from app.core.progress import PROGRESS_COLUMNS, run_with_progress_to_api
 from app.core.run_status import ACTIVE, ALL
 from app.core.runs import RUN_COLUMNS, run_to_api
 from app.db.session import Queryable, fetch
@@ -40,10 +41,21 @@ async def list_runs(db: Queryable, *, source: str | None, status: str | None, li
 
 
 async def get_run(db: Queryable, *, run_id: int) -> dict[str, Any] | None:
-    """One run in the contract's shape, or None."""
-    row = (await db.execute(text(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id"), {"id": run_id})).mappings()
-    found = row.first()
-    return run_to_api(dict(found)) if found else None
+    """One run in the contract's shape with its `progress` (app/core/progress.py), or None.
+    One statement: the ledger count is a subquery. The lists (list_runs, last_runs) leave
+    progress out, so they cost no per-run count."""
+    sql = f"SELECT {RUN_COLUMNS}, {PROGRESS_COLUMNS} FROM runs WHERE id = :id"
+    found = (await db.execute(text(sql), {"id": run_id})).mappings().first()
+    return run_with_progress_to_api(dict(found)) if found else None
+
+
+async def active_runs_progress(db: Queryable, *, sources: list[str]) -> list[dict[str, Any]]:
+    """The queued and running runs of these sources (at most one each), oldest first, with
+    their `progress` (the console's "active runs")."""
+    sql = f"""SELECT {RUN_COLUMNS}, {PROGRESS_COLUMNS} FROM runs
+              WHERE source = ANY(:names) AND status = ANY(:active) ORDER BY id"""
+    result = await db.execute(text(sql), {"names": sources, "active": list(ACTIVE)})
+    return [run_with_progress_to_api(dict(row)) for row in result.mappings()]
 
 
 async def last_runs(db: Queryable, *, sources: list[str]) -> dict[str, dict[str, Any]]:

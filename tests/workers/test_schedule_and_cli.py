@@ -8,13 +8,16 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import orjson
 import psycopg
 import pytest
 from celery.schedules import crontab, schedule
 
+from app.core.run_end import cancel_run
 from app.core.run_status import RunStatus
 from app.core.sources_config import load_sources
 from app.settings import Settings
+from tests.api.conftest import insert_run
 from workers.schedule import build_beat_schedule
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +72,40 @@ def test_cli_run_wait_exits_0_on_success_and_1_on_failure(db: psycopg.Connection
     stats = run_cli("stats", env=env)
     assert "people" in stats.stdout and "2" in stats.stdout
     assert run_cli("sources", env=env).returncode == 0
+
+
+def test_cli_run_wait_shows_progress_and_says_a_run_was_cancelled(db: psycopg.Connection, tmp_path: Path) -> None:
+    sources = tmp_path / "sources.toml"
+    sources.write_text(f'[sources.people]\nkind = "csv"\nurl = "{tmp_path / "people.csv"}"\nid_field = "id"\n')
+    # A run already fetching (no worker here moves it on): `run --wait` follows it.
+    fetched_so_far = {"segments": 3, "chunks": 3, "bytes_read": 300_000_000, "bytes_total": 812_000_000}
+    run_id = insert_run(db, "people", RunStatus.RUNNING, fetch_segments=2,
+                        fetch_progress=orjson.dumps(fetched_so_far).decode())
+    for chunk_no in range(2):
+        db.execute("INSERT INTO chunk_ledger (run_id, chunk_no, fetched, inserted, updated, unchanged, rejected)"
+                   " VALUES (%s, %s, 10, 10, 0, 0, 0)", (run_id, chunk_no))
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "run", "people", "--wait", "--timeout", "120"], cwd=ROOT, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env={**os.environ, "COLUMNS": "200", "SOURCES_FILE": str(sources)},
+    )
+    try:
+        assert follow.stdout is not None
+        first = follow.stdout.readline()  # printed as soon as the CLI has read the run
+        expected = f"run {run_id} people: fetching: 37% of 812 MB, 3 segments, 3 chunks stored, 2 committed"
+        assert first.strip() == expected
+        cancel_run(db, run_id)
+        out, errors = follow.communicate(timeout=60)
+    finally:
+        follow.kill()
+    assert follow.returncode == 1, out + errors
+    assert f"already has an active run {run_id}" in errors
+    assert f"run {run_id} (people) was cancelled: 20 records committed before it stopped" in errors
+    assert "cancelled on request" in out  # the result table's reason
+
+    listing = run_cli("runs", env={"SOURCES_FILE": str(sources)})
+    row = next(line for line in listing.stdout.splitlines() if f" {run_id} " in line)
+    assert RunStatus.CANCELLED in row and "cancelled on request" in row
 
 
 def test_cli_rejects_unknown_source_and_bad_config(tmp_path: Path, database: str) -> None:

@@ -1,4 +1,5 @@
-"""GET /: every source, its last runs as a chart, queues, recent failures, and run-now.
+"""GET /: every source, its last runs as a chart, active runs and their progress, queues,
+recent failures, and run-now.
 
 Everything is rendered on the server (Jinja2, inline SVG chart), so the page reads with
 JavaScript off. The only script (static/console.js) sends POST /runs with a key the
@@ -16,8 +17,9 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import text
 
 from app.api.deps import ReadConnectionDep, SettingsDep, SourcesDep
+from app.core.progress import Stage, describe
 from app.core.run_status import RunStatus
-from app.db.queries import source_state, stats_snapshot
+from app.db.queries import active_runs_progress, source_state, stats_snapshot
 from app.db.session import Queryable
 from app.observability.queue_depth import queue_depths
 from celeryconfig import QUEUES
@@ -71,6 +73,25 @@ def bar_chart(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ]
 
 
+def progress_bar(progress: dict[str, Any]) -> float | None:
+    """How full a run's bar is (0..1): the bytes read while it fetches (when the source
+    tells its size), the chunks committed once the whole source is read; None for an
+    indeterminate bar."""
+    if progress["stage"] == Stage.FETCHING:
+        return progress["fraction_read"]
+    if progress["stage"] == Stage.NORMALIZING and progress["chunks_total"]:
+        return progress["chunks_committed"] / progress["chunks_total"]
+    return None
+
+
+async def active_runs(db: Queryable, *, names: list[str]) -> list[dict[str, Any]]:
+    """Queued and running runs, each with its progress in words (the CLI's) and its bar."""
+    return [
+        {**run, "progress_text": describe(run["progress"]), "bar": progress_bar(run["progress"])}
+        for run in await active_runs_progress(db, sources=names)
+    ]
+
+
 @router.get("/", response_class=HTMLResponse)
 async def console(request: Request, db: ReadConnectionDep, settings: SettingsDep, sources: SourcesDep) -> HTMLResponse:
     names = list(sources)
@@ -94,6 +115,7 @@ async def console(request: Request, db: ReadConnectionDep, settings: SettingsDep
         "rejected": rejected,
         "drift_events": drift_events,
         "by_status": runs["by_status"],
+        "active": await active_runs(db, names=names),
         "troubled": await troubled_runs(db),
         "queues": await queue_depths(
             broker_url=settings.celery_broker_url,

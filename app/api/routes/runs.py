@@ -16,7 +16,7 @@ from app.api.idempotency import claim_key, release_key, request_hash, store_resp
 from app.api.responses import COMMON_ERRORS, OrjsonResponse, error_responses
 from app.api.run_cancel import cancel_run_async
 from app.api.run_creation import create_run_async
-from app.api.schemas import Run, RunList, RunsRequest, SourceFilter
+from app.api.schemas import Run, RunDetail, RunList, RunsRequest, SourceFilter
 from app.core.enqueue import enqueue_fetch
 from app.core.run_end import RunNotCancellable, RunNotFound
 from app.core.run_status import RunStatus
@@ -154,12 +154,15 @@ async def read_runs(
 
 
 @router.get(
-    "/runs/{id}", response_model=Run, summary="One run", responses=error_responses(404, 422, *COMMON_ERRORS, 503)
+    "/runs/{id}",
+    response_model=RunDetail,
+    summary="One run, with its progress",
+    responses=error_responses(404, 422, *COMMON_ERRORS, 503),
 )
 async def read_run(
     db: ReadConnectionDep, id: Annotated[int, Path(ge=1, le=MAX_ID, description="Run id.")]
 ) -> dict[str, Any]:
-    """A run by id; 404 when there is none."""
+    """A run by id with its `progress` (where its fetch is); 404 when there is none."""
     run = await get_run(db, run_id=id)
     if run is None:
         raise ApiError(404, f"run {id} not found")

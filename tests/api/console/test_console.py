@@ -4,6 +4,7 @@ in a real headless Chromium through Playwright against a real uvicorn, worker an
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -13,10 +14,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import orjson
 import psycopg
 import pytest
 
 from app.core.run_status import RunStatus
+from tests.api.conftest import insert_run
 from tests.support.pipeline import wait_for_run
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -82,6 +85,9 @@ def test_console_in_headless_chromium_runs_a_source(api_server: str, db: psycopg
     playwright_api = pytest.importorskip("playwright.sync_api")
     assert Path(CHROMIUM).exists(), "Debian's chromium is required (.ci/run installs it)"
     ingest_posts(api_server, db)
+    # A run half-way through its fetch (nothing enqueued it: the worker leaves it be).
+    fetching = insert_run(db, "passengers", RunStatus.RUNNING, fetch_progress=orjson.dumps(
+        {"segments": 1, "chunks": 2, "bytes_read": 500, "bytes_total": 1000}).decode())
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(
             executable_path=CHROMIUM,
@@ -96,6 +102,13 @@ def test_console_in_headless_chromium_runs_a_source(api_server: str, db: psycopg
             assert posts_row.locator("svg.chart rect.bar").count() >= 1
             box = posts_row.locator("svg.chart rect.bar").first.bounding_box()
             assert box is not None and box["height"] > 0  # the chart is actually drawn
+
+            active = page.locator(f'tr.active-run[data-run="{fetching}"]')
+            assert "fetching: 50% of 1.0 kB" in active.locator("td.progress-text").inner_text()
+            bar = active.locator("progress")
+            assert bar.evaluate("el => el.position") == 0.5  # a determinate bar, half full
+            bar_box = bar.bounding_box()
+            assert bar_box is not None and bar_box["width"] > 0
 
             news_row = page.locator('tr.source[data-source="news"]')
             assert "never run" in news_row.inner_text()
@@ -113,3 +126,33 @@ def test_console_in_headless_chromium_runs_a_source(api_server: str, db: psycopg
         finally:
             browser.close()
     assert (ARTIFACTS / "console.png").stat().st_size > 10_000
+
+
+async def test_active_runs_show_their_progress(client, db: psycopg.Connection) -> None:
+    """Served by the real app (ASGI) on the test database: no worker needed, the run rows
+    carry the progress a fetch writes."""
+    fetching = insert_run(db, "passengers", RunStatus.RUNNING, fetch_segments=2, fetch_progress=orjson.dumps(
+        {"segments": 3, "chunks": 3, "bytes_read": 300_000_000, "bytes_total": 812_000_000}).decode())
+    normalizing = insert_run(db, "news", RunStatus.RUNNING, chunks_total=4,
+                             fetch_progress=orjson.dumps({"segments": 1, "chunks": 4, "pages": 1}).decode())
+    db.execute("INSERT INTO chunk_ledger (run_id, chunk_no, fetched, inserted, updated, unchanged, rejected)"
+               " VALUES (%s, 0, 10, 10, 0, 0, 0)", (normalizing,))
+    queued = insert_run(db, "posts", RunStatus.QUEUED)
+    done = insert_run(db, "posts", RunStatus.SUCCEEDED)
+
+    page = await client.get("/")
+    assert page.status_code == 200
+    html = page.text
+    assert f'data-run="{fetching}" data-stage="fetching"' in html
+    assert 'value="0.3695"' in html and "fetching: 37% of 812 MB, 3 segments, 3 chunks stored, 0 committed" in html
+    assert f'data-run="{normalizing}" data-stage="normalizing"' in html
+    assert 'value="0.2500"' in html and "normalizing: 1 page, 1 segment, 1/4 chunks committed" in html
+    assert f'data-run="{queued}" data-stage="queued"' in html and "queued: waiting for a worker" in html
+    assert f'data-run="{done}"' not in html  # finished runs are not active
+    # Everything the page loads comes from the API itself: nothing from a CDN.
+    assert re.findall(r'<(?:script|link)[^>]*(?:src|href)="(?!/)', html) == []
+
+
+async def test_no_active_runs_says_so(client, db: psycopg.Connection) -> None:
+    insert_run(db, "posts", RunStatus.FAILED)
+    assert "None: no run is queued or running." in (await client.get("/")).text
