@@ -14,8 +14,9 @@ PRUNE_EVERY_S = 3600.0
 
 
 def reconcile_interval_s(settings: Settings) -> float:
-    """Often enough to re-drive stalled work soon after TASK_TIMEOUT_S."""
-    return max(5.0, min(60.0, settings.task_timeout_s / 4))
+    """Often enough to re-drive a dead worker's work within seconds (workers/liveness.py),
+    and stalled work soon after TASK_TIMEOUT_S."""
+    return max(5.0, min(15.0, settings.task_timeout_s / 4))
 
 
 def build_beat_schedule(sources: dict[str, SourceConfig], settings: Settings) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from app.core.runs import ActiveRunExists, SourcePaused, create_run
 from app.core.selection import runnable
 from app.core.sources_config import load_sources
 from app.settings import get_settings
-from workers import db
+from workers import db, liveness
 from workers.celery import app
 from workers.pipeline.fetch.segment import SegmentBudget
 from workers.pipeline.fetch.stage import fetch_run
@@ -54,6 +54,7 @@ def fetch_source(self: Task, run_id: int) -> dict[str, object] | None:
             budget=SegmentBudget(seconds=settings.segment_budget_s, chunks=settings.fetch_segment_chunks),
             enqueue_continuation=lambda run: fetch_source.apply_async((run,)),
             timeout_s=settings.task_timeout_s,
+            holder=liveness.process_id(),
         )
     except psycopg.OperationalError as exc:  # database unreachable or restarted: try again later
         db.reset()
@@ -80,7 +81,7 @@ def normalize_and_upsert(self: Task, run_id: int, chunk_no: int) -> dict[str, ob
     _bind(self, run_id=run_id, chunk_no=chunk_no)
     try:
         conn = db.connection()
-        if not start_attempt(conn, run_id, chunk_no, settings.max_task_attempts):
+        if not start_attempt(conn, run_id, chunk_no, settings.max_task_attempts, holder=liveness.process_id()):
             return None
         outcome = process_chunk(conn, run_id, chunk_no)
     except Exception as exc:  # deadlock, serialization failure, DB restart, poison data...

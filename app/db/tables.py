@@ -73,6 +73,7 @@ runs = Table(
     Column("fetch_position", JSONB),  # where the next segment starts; NULL: from the top
     Column("fetch_progress", JSONB),  # what the fetch read so far (progress in GET /runs/{id})
     Column("fetch_lease", UUID),  # the one fetch task allowed to write for the run
+    Column("fetch_holder", UUID),  # the worker process running it (worker_processes.id)
     Column("fetch_segments", Integer, nullable=False),  # segments that ended
     Column("segment_attempts", Integer, nullable=False),  # deliveries of the current segment
 )
@@ -89,6 +90,19 @@ raw_chunks = Table(
     Column("enqueued_at", DateTime(timezone=True), nullable=False),
     Column("skipped", Integer, nullable=False),  # rows recognised unchanged before this chunk
     Column("columns", JSONB),  # the header of a chunk of tabular rows stored as values (app/core/raw_format.py)
+    Column("claimed_by", UUID),  # the worker process of the last delivery (worker_processes.id)
+)
+
+# A heartbeat per worker process (workers/liveness.py): the reconciler re-drives the work of
+# a process whose heartbeat stopped.
+worker_processes = Table(
+    "worker_processes",
+    metadata,
+    Column("id", UUID, primary_key=True),
+    Column("hostname", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("beat_at", DateTime(timezone=True), nullable=False),
 )
 
 chunk_ledger = Table(

@@ -111,3 +111,30 @@ def test_killing_the_whole_worker_mid_fetch_recovers_within_the_bound(
     assert_counts(run, len(upstream), inserted=len(upstream))
     assert_exact_records(db, "slow", {str(r["id"]) for r in upstream})
     print(f"recovered {recovered_in:.1f}s after the kill (bound {RECOVERY_BOUND_S}s)")
+
+
+@pytest.mark.scenario
+@pytest.mark.timeout(300)
+def test_a_dead_workers_fetch_and_chunks_are_redriven_by_its_silence_not_the_timeout(
+    db: psycopg.Connection, procs: ProcessSet, tmp_path: Path
+) -> None:
+    """TASK_TIMEOUT_S is an hour here, so neither the reconciler's age rule nor Redis's
+    visibility timeout can bring the dead worker's work back within the test: only its
+    stopped heartbeat (workers/liveness.py) can."""
+    path = tmp_path / "rows.csv"
+    upstream = write_csv(path, 200_000)
+    hour = {"TASK_TIMEOUT_S": "3600", "FETCH_SEGMENT_CHUNKS": "4"}
+    first = procs.worker("first", concurrency=2, **hour)
+    procs.beat(**hour)
+    config = source("silent", "csv", str(path), chunk_size=1000, fields={"title": "title", "content": "body"})
+
+    run_id = start_run(db, config)
+    wait_until(lambda: get_run(db, run_id)["fetch_segments"] >= 2, 120, "two fetch segments to commit")
+    assert get_run(db, run_id)["chunks_total"] is None, "the fetch finished before the kill"
+    first.kill()
+
+    procs.worker("second", concurrency=2, **hour)
+    run = wait_for_run(db, run_id, timeout_s=200)
+    assert run["status"] == RunStatus.SUCCEEDED, run["error"]
+    assert_counts(run, len(upstream), inserted=len(upstream))
+    assert_exact_records(db, "silent", upstream)

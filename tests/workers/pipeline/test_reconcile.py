@@ -84,3 +84,50 @@ def test_finalize_is_idempotent(db: psycopg.Connection, tmp_path: Path) -> None:
     assert get_run(db, run_id) == first
     assert (first["fetched"], first["inserted"], first["rejected"]) == (4, 3, 1)
     assert db.execute("SELECT value FROM checkpoints WHERE source = 'lost'").fetchone()[0] == 7
+
+
+def test_the_work_of_a_dead_worker_process_is_redriven_without_waiting_for_the_timeout(
+    db: psycopg.Connection, tmp_path: Path
+) -> None:
+    """A fetch lease and a chunk delivery name their worker process (workers/liveness.py):
+    once its heartbeat is DEAD_AFTER_S old, the reconciler re-drives them at once, however
+    long TASK_TIMEOUT_S is; what a live process holds is left alone."""
+    import uuid
+
+    from workers.liveness import DEAD_AFTER_S
+
+    alive, dead = uuid.uuid4(), uuid.uuid4()
+    db.execute("INSERT INTO worker_processes (id, hostname, pid) VALUES (%s, 'h', 1)", (alive,))
+    db.execute(
+        "INSERT INTO worker_processes (id, hostname, pid, beat_at)"
+        " VALUES (%s, 'h', 2, now() - make_interval(secs => %s))",
+        (dead, DEAD_AFTER_S + 1),
+    )
+    fetching: dict[uuid.UUID, int] = {}
+    for holder in (alive, dead):  # mid-fetch, with a chunk delivered to the same process
+        config = source(f"src-{holder}", "csv", str(tmp_path / "unused.csv"))
+        run_id = db.execute(
+            "INSERT INTO runs (source, trigger, config, status, heartbeat_at, fetch_lease, fetch_holder)"
+            " VALUES (%s, 'api', %s::jsonb, %s, now(), gen_random_uuid(), %s) RETURNING id",
+            (config.name, orjson.dumps(config.snapshot()).decode(), RunStatus.RUNNING, holder),
+        ).fetchone()[0]
+        fetching[holder] = run_id
+        db.execute(
+            "INSERT INTO raw_chunks (run_id, chunk_no, item_count, payload, attempts, claimed_by, enqueued_at)"
+            " VALUES (%s, 0, 1, %s, 1, %s, now() - make_interval(secs => %s))",
+            (run_id, orjson.dumps([[2, {"id": "1"}, None, None]]), holder, DEAD_AFTER_S + 1),
+        )
+    db.commit()
+    sent_fetches: list[int] = []
+    sent_chunks: list[tuple[int, int]] = []
+    report = reconcile_stalled(db, timeout_s=3600, max_attempts=5, enqueue_fetch=sent_fetches.append,
+                               enqueue_chunk=lambda run, chunk: sent_chunks.append((run, chunk)))
+    assert sent_fetches == report.fetches_redriven == [fetching[dead]]
+    assert sent_chunks == report.chunks_redriven == [(fetching[dead], 0)]
+    freed = get_run(db, fetching[dead])
+    assert freed["fetch_lease"] is None and freed["fetch_holder"] is None  # the re-driven task takes it
+    assert get_run(db, fetching[alive])["fetch_lease"] is not None
+    # Once re-driven, the chunk waits for its new delivery: the next pass sends nothing more.
+    again = reconcile_stalled(db, timeout_s=3600, max_attempts=5, enqueue_fetch=sent_fetches.append,
+                              enqueue_chunk=lambda run, chunk: sent_chunks.append((run, chunk)))
+    assert again.fetches_redriven == [] and again.chunks_redriven == []

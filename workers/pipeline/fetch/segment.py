@@ -15,9 +15,10 @@ continuation task. So:
   (raw.store_chunk);
 - a long source takes turns with other sources' fetches on the fetch queue.
 
-The lease (runs.fetch_lease) names the one task allowed to write for the run. A task
-claims it when it is free, or when its holder has not shown a heartbeat for TASK_TIMEOUT_S
-(the reconciler frees it then too, as it re-drives the fetch). Every chunk a task stores
+The lease (runs.fetch_lease) names the one task allowed to write for the run, and
+runs.fetch_holder the worker process running it. A task claims it when it is free, when
+its task has not shown a heartbeat for TASK_TIMEOUT_S, or when its process is dead
+(workers/liveness.py); the reconciler frees it then too, as it re-drives the fetch. Every chunk a task stores
 and every position it commits first checks that it still holds the lease, in the same
 transaction: a task that lost it (hung past the timeout, then woke) stops there, without
 writing (RunStopped), so two tasks never interleave the chunks of one run.
@@ -36,13 +37,16 @@ import psycopg
 from psycopg.rows import dict_row
 
 from app.core.run_status import ACTIVE, RunStatus
+from workers.liveness import DEAD_AFTER_S, HOLDER_DEAD_SQL
 from workers.pipeline.fetch.repeats import KeptIds
 
-_CLAIM = """
+_CLAIM = f"""
 UPDATE runs SET status = %(running_status)s, started_at = coalesce(started_at, now()), heartbeat_at = now(),
-       fetch_attempts = fetch_attempts + 1, segment_attempts = segment_attempts + 1, fetch_lease = %(lease)s
+       fetch_attempts = fetch_attempts + 1, segment_attempts = segment_attempts + 1, fetch_lease = %(lease)s,
+       fetch_holder = %(holder)s
 WHERE id = %(run_id)s AND status = ANY(%(active)s) AND chunks_total IS NULL
-  AND (fetch_lease IS NULL OR coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(timeout)s))
+  AND (fetch_lease IS NULL OR coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(timeout)s)
+       OR (fetch_holder IS NOT NULL AND {HOLDER_DEAD_SQL.format(holder="runs.fetch_holder", dead_after=DEAD_AFTER_S)}))
 RETURNING *
 """
 
@@ -167,8 +171,11 @@ class Lease:
             raise RunStopped(f"run {self.run_id} is no longer active, or another fetch task holds it")
 
 
-def claim(conn: psycopg.Connection, run_id: int, *, timeout_s: float) -> tuple[Lease, dict[str, Any]] | None:
-    """Take the run's fetch lease; None when the fetch is done, the run ended, or a live task holds it."""
+def claim(
+    conn: psycopg.Connection, run_id: int, *, timeout_s: float, holder: uuid.UUID | None = None
+) -> tuple[Lease, dict[str, Any]] | None:
+    """Take the run's fetch lease for the worker process `holder` (workers/liveness.py); None
+    when the fetch is done, the run ended, or a live task holds it."""
     lease = Lease(run_id, uuid.uuid4())
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -179,6 +186,7 @@ def claim(conn: psycopg.Connection, run_id: int, *, timeout_s: float) -> tuple[L
                 "running_status": RunStatus.RUNNING,
                 "active": list(ACTIVE),
                 "timeout": timeout_s,
+                "holder": holder,
             },
         )
         run = cur.fetchone()

@@ -7,6 +7,7 @@ at a time through the unchanged-row filter (sifter.py, unchanged.py), into a buf
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -103,11 +104,13 @@ def fetch_run(
     budget: SegmentBudget | None = None,
     enqueue_continuation: Callable[[int], None] | None = None,
     timeout_s: float = 300,
+    holder: uuid.UUID | None = None,
 ) -> FetchOutcome | None:
     """Run one segment of the fetch stage of a run (segment.py): from where the last one
     stopped, until the source ends or `budget` is spent, when `enqueue_continuation` sends
-    the next. None when there is nothing to do (fetched, finished, or another task fetches)."""
-    claimed = claim(conn, run_id, timeout_s=timeout_s)
+    the next; `holder` is the worker process (workers/liveness.py). None when there is nothing
+    to do (fetched, finished, or another task fetches)."""
+    claimed = claim(conn, run_id, timeout_s=timeout_s, holder=holder)
     if claimed is None:
         return None
     lease, run = claimed

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,19 +25,22 @@ class ChunkOutcome:
     run_status: str | None  # set when this chunk finished the run
 
 
-def start_attempt(conn: psycopg.Connection, run_id: int, chunk_no: int, max_attempts: int) -> bool:
-    """Count a delivery of this chunk; fail the run and return False past the limit.
+def start_attempt(
+    conn: psycopg.Connection, run_id: int, chunk_no: int, max_attempts: int, holder: uuid.UUID | None = None
+) -> bool:
+    """Count a delivery of this chunk, by the worker process `holder` (workers/liveness.py);
+    fail the run and return False past the limit.
 
     A copy of a chunk that already committed (a redelivery, or a re-drive of a chunk that
     was only waiting in a long queue) is not an attempt: it returns False uncounted.
     """
     with conn.transaction():
         row = conn.execute(
-            "UPDATE raw_chunks c SET attempts = attempts + 1, enqueued_at = now()"
+            "UPDATE raw_chunks c SET attempts = attempts + 1, enqueued_at = now(), claimed_by = %s"
             " WHERE run_id = %s AND chunk_no = %s AND NOT EXISTS"
             " (SELECT 1 FROM chunk_ledger l WHERE l.run_id = c.run_id AND l.chunk_no = c.chunk_no)"
             " RETURNING attempts, last_error",
-            (run_id, chunk_no),
+            (holder, run_id, chunk_no),
         ).fetchone()
     if row is None:
         return False
