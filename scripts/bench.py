@@ -62,6 +62,9 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=1_000_000, help="CSV rows (default 1,000,000)")
     parser.add_argument("--json-records", type=int, default=100_000, help="records behind the JSON API")
+    parser.add_argument("--scale-rows", type=int, default=10_000_000,
+                        help="rows of the long-source CSV, loaded once whole and once with the worker killed "
+                             "halfway (default 10,000,000; 0 skips it)")
     parser.add_argument("--repeats", type=int, default=3, help="repeats of every timed step (medians reported)")
     parser.add_argument("--quick", action="store_true", help="1 repeat, 3 s load tests, no doc unless --doc")
     parser.add_argument("--concurrency", type=int, default=None, help="worker -c (default: cores + 1)")
@@ -110,7 +113,6 @@ ENV_OVERRIDES = {
     "SOURCES_FILE": str(SOURCES_FILE),
     "LOG_LEVEL": "WARNING",
     "LOG_FORMAT": "console",
-    "TASK_TIMEOUT_S": "900",
 }
 os.environ.update(ENV_OVERRIDES)
 os.environ.pop("CELERY_BROKER_URL", None)
@@ -120,7 +122,7 @@ import httpx  # noqa: E402
 import orjson  # noqa: E402
 import psycopg  # noqa: E402
 import redis  # noqa: E402
-from bench import data, json_api, load, report, stack  # noqa: E402
+from bench import data, json_api, load, report, scale, stack  # noqa: E402
 
 from app.api.cursor import encode_cursor, filters_fingerprint  # noqa: E402
 from app.core.run_status import FINISHED, RunStatus  # noqa: E402
@@ -142,7 +144,7 @@ def log(message: str) -> None:
 # --- configuration ----------------------------------------------------------------------
 
 
-def write_sources_file(current_csv: Path, small_csv: Path | None) -> None:
+def write_sources_file(current_csv: Path, small_csv: Path | None, scale_csv: Path | None = None) -> None:
     """The benchmark's sources: the shipped `passengers` and `posts` settings (fields,
     types, chunk sizes) pointed at the benchmark's inputs."""
     shipped = load_sources(ROOT / "sources.toml")
@@ -159,6 +161,8 @@ def write_sources_file(current_csv: Path, small_csv: Path | None) -> None:
     text = csv_section("bench_csv", current_csv)
     if small_csv is not None:
         text += csv_section("bench_csv_100k", small_csv)
+    if scale_csv is not None:
+        text += csv_section("bench_csv_scale", scale_csv)
     text += (f'[sources.bench_api]\nkind = "http_json"\nurl = "http://127.0.0.1:{ARGS.json_port}/posts"\n'
              f'id_field = "id"\npagination = "page"\npage_param = "page"\nsize_param = "per_page"\n'
              f'page_size = 1000\nschedule = "every 24h"\nchunk_size = {posts.chunk_size}\n\n'
@@ -445,15 +449,56 @@ def prepare_inputs() -> dict[str, Any]:
     base = data.titanic_csv(OUT, ARGS.rows)
     changed, changed_count = data.changed_csv(base)
     small = data.titanic_csv(OUT, 100_000) if ARGS.rows > 100_000 else None
+    scale_csv = data.titanic_csv(OUT, ARGS.scale_rows) if ARGS.scale_rows else None
     current = OUT / "current.csv"
     point(current, base)
-    write_sources_file(current, small)
+    write_sources_file(current, small, scale_csv)
     copy_file = OUT / f"titanic-{ARGS.rows}.copy"
     source = load_sources(SOURCES_FILE)["bench_csv"]
     if not copy_file.exists() or copy_file.stat().st_mtime < max(base.stat().st_mtime, SOURCES_FILE.stat().st_mtime):
         assert data.reference_rows(base, copy_file, source) == ARGS.rows
     return {"base": base, "changed": changed, "changed_count": changed_count, "small": small,
-            "current": current, "copy": copy_file}
+            "current": current, "copy": copy_file, "scale": scale_csv}
+
+
+def scale_runs(client: httpx.Client, workers: Workers, env: dict[str, str], path: Path) -> dict[str, Any]:
+    """The long-source loads (scripts/bench/scale.py): uninterrupted, then killed halfway."""
+    beat = stack.start_beat(env, LOGS)
+    try:
+        stack.empty_tables(DB_URL)
+        log(f"{ARGS.scale_rows:,}-row CSV ({path.stat().st_size / 2**20:,.0f} MiB), uninterrupted")
+        plain = first_load(client, workers, "bench_csv_scale")
+        table_mib, raw_mib = scale.sizes_mib(DB_URL)
+        plain_info = scale.run_info(DB_URL, plain.run["id"])
+        log(f"  {plain.seconds:.1f} s, worker peak {plain.peak_worker_mib:.0f} MiB, {plain_info}, "
+            f"records {table_mib:,.0f} MiB, raw chunks {raw_mib:,.0f} MiB")
+
+        stack.empty_tables(DB_URL)
+        workers.restart()
+        log(f"{ARGS.scale_rows:,}-row CSV, the whole worker SIGKILLed at {scale.KILL_AT:.0%} of the fetch")
+        sent_at = time.time()
+        response = client.post("/runs", json={"sources": ["bench_csv_scale"]}, headers={"X-API-Key": API_KEY})
+        response.raise_for_status()
+        run_id = response.json()["runs"][0]["id"]
+        assert workers.proc is not None
+        fraction = scale.kill_at_half(client, run_id, workers.proc, lambda: workers.restart())
+        log(f"  killed at {fraction:.0%} of the file read; a new worker started")
+        while (run := client.get(f"/runs/{run_id}").json())["status"] not in FINISHED:
+            time.sleep(0.25)
+        assert run["status"] == RunStatus.SUCCEEDED, run
+        assert run["counts"]["inserted"] == ARGS.scale_rows, run
+        killed_s = datetime.fromisoformat(run["finished_at"]).timestamp() - sent_at
+        killed_info = scale.run_info(DB_URL, run_id)
+        log(f"  {killed_s:.1f} s ({killed_s / plain.seconds:.2f}x uninterrupted), {killed_info}")
+    finally:
+        beat.stop()
+    return {"scale": scale.ScaleResult(
+        rows=ARGS.scale_rows, seconds=plain.seconds, peak_worker_mib=plain.peak_worker_mib,
+        killed_seconds=killed_s, killed_at_fraction=fraction, segments=plain_info["segments"],
+        fetch_attempts=plain_info["fetch_attempts"], killed_segments=killed_info["segments"],
+        killed_fetch_attempts=killed_info["fetch_attempts"], table_mib=table_mib, raw_mib=raw_mib,
+        file_mib=path.stat().st_size / 2**20,
+    ).__dict__}
 
 
 def json_api_rows(out: Path, source: Any) -> int:
@@ -563,6 +608,8 @@ def main() -> None:
             if not ARGS.skip_load:
                 processes.append(stack.start_reference_app(env, LOGS, ARGS.reference_port))
                 results["api"] = load_tests(client, f"http://127.0.0.1:{ARGS.reference_port}/data")
+            if files["scale"] is not None:  # last: it empties the tables the API load tests read
+                results.update(scale_runs(client, workers, env, files["scale"]))
         results["load_after"] = os.getloadavg()
         results["machine"] = report.machine(DB_URL, workers_concurrency=ARGS.concurrency)
     finally:

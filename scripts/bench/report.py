@@ -115,7 +115,40 @@ def render(results: dict[str, Any], *, command: str) -> str:
     ]
     if "api" in results:
         lines += api_section(results["api"], load_seconds=args["load_seconds"])
+    if "scale" in results:
+        lines += scale_section(results["scale"], rows=rows, first_s=first, peak_full=peak_full)
     return "\n".join(lines) + "\n"
+
+
+def scale_section(scale: dict[str, Any], *, rows: int, first_s: float, peak_full: float) -> list[str]:
+    """The long-source loads (scripts/bench/scale.py), as ratios to the first load above."""
+    n, seconds, killed = scale["rows"], scale["seconds"], scale["killed_seconds"]
+    rate, rate_base = n / seconds, rows / first_s
+    peak = scale["peak_worker_mib"]
+    return [
+        "",
+        f"## A long source: {n:,}-row CSV ({scale['file_mib']:,.0f} MiB), once, with the default settings",
+        "",
+        "The same Titanic-format rows and source settings as above, after the repeats, with beat "
+        "running (the killed load needs the reconciler). The fetch works in segments "
+        "(FETCH_SEGMENT_S, FETCH_SEGMENT_CHUNKS); the kill is a SIGKILL to the whole worker's "
+        "process group once `GET /runs/{id}` shows half the file read, and a new worker starts at once.",
+        "",
+        "| measure | figure | target |",
+        "|---|---|---|",
+        f"| records/s, {n:,} rows vs {rows:,} rows | {rate:,.0f} vs {rate_base:,.0f} = {rate / rate_base:.2f}x | "
+        f"within 10%: {_ok(rate >= 0.9 * rate_base)} |",
+        f"| worker peak RSS, {n:,} rows vs {rows:,} rows | {peak:.0f} vs {peak_full:.0f} MiB = "
+        f"{peak / peak_full:.2f}x | ≤ 1.1x: {_ok(peak <= 1.1 * peak_full)} |",
+        f"| whole worker SIGKILLed at {scale['killed_at_fraction']:.0%} of the fetch: total time | "
+        f"{_s(killed)} vs {_s(seconds)} = {killed / seconds:.2f}x | ≤ 1.15x: {_ok(killed <= 1.15 * seconds)} |",
+        "",
+        f"- fetch segments: {scale['segments']} ({scale['fetch_attempts']} fetch tasks) uninterrupted; "
+        f"{scale['killed_segments']} ({scale['killed_fetch_attempts']} fetch tasks: the one killed mid-segment "
+        "re-read from its segment's start) when killed",
+        f"- disk after the load: records {scale['table_mib']:,.0f} MiB (table, TOAST and indexes), raw chunks "
+        f"{scale['raw_mib']:,.0f} MiB, which RAW_RETENTION_DAYS (default 7) frees after the run finished",
+    ]
 
 
 def api_section(api: dict[str, Any], *, load_seconds: float) -> list[str]:

@@ -158,6 +158,17 @@ def start_worker(env: dict[str, str], logs: Path, concurrency: int | None, name:
     raise RuntimeError(f"worker not ready; see {proc.log_path}")
 
 
+def start_beat(env: dict[str, str], logs: Path) -> Process:
+    """Beat, for the reconciler (the killed-worker load needs it); its own schedule file."""
+    schedule = logs / "beat-schedule"
+    cmd = [sys.executable, "-m", "celery", "-A", "workers", "beat", "-l", "WARNING", "-s", str(schedule),
+           "--pidfile", str(logs / "beat.pid")]
+    proc = Process("beat", cmd, env, logs)
+    time.sleep(2.0)
+    proc.check_alive()
+    return proc
+
+
 # --- memory -----------------------------------------------------------------------------
 
 

@@ -235,3 +235,28 @@ def test_kept_ids_survive_a_segment_boundary(count: int) -> None:
     probe = ["id-0", f"id-{count - 1}", "lone \udc80 surrogate", "nul\x00id", "", "never kept"]
     assert restored.holding(probe) == kept.holding(probe)
     assert restored.holding(probe)[:5] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.usefixtures("small_batches")
+def test_a_later_copy_of_an_id_in_a_later_segment_still_wins(db: psycopg.Connection, tmp_path: Path) -> None:
+    """Repeated ids across segments (repeats.py): the ids a segment kept travel to the next
+    one (fetch_kept_ids), so a later copy equal to what an earlier run stored is flagged,
+    never left out as unchanged, and wins over the run's earlier, different copy."""
+    path = tmp_path / "people.csv"
+    rows = people(3000)
+    write_csv(path, rows)
+    config = source("again", "csv", str(path), chunk_size=100, fields={"title": "name"})
+    first = new_run(db, config)
+    fetch_in_segments(db, first, SegmentBudget.unlimited())
+    commit_all(db, first)
+
+    # Id 5 changes near the top, and comes back as it was near the end, segments later.
+    edited = [list(r) for r in rows]
+    edited[4][1] = "name 5 edited"
+    write_csv(path, edited + [rows[4]])
+    run_id = new_run(db, config)
+    segments, _ = fetch_in_segments(db, run_id, SegmentBudget(seconds=0, chunks=2**30))  # a segment a batch
+    assert segments == 3001 // BATCH + 1
+    run = commit_all(db, run_id)
+    assert run["status"] == RunStatus.SUCCEEDED, run["error"]
+    assert records(db, "again")["5"]["title"] == "name 5 v1", "the copy that comes last in the file wins"
