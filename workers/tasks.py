@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import psycopg
 import structlog
 from celery import Task
@@ -41,10 +43,13 @@ def enqueue_chunk(run_id: int, chunk_no: int) -> None:
 
 
 @app.task(bind=True, name="workers.tasks.fetch_source", max_retries=None)
-def fetch_source(self: Task, run_id: int) -> dict[str, object] | None:
+def fetch_source(self: Task, run_id: int, lease: str | None = None) -> dict[str, object] | None:
     """Stream one segment of the run's source into raw chunks, fan out one normalize task
     per chunk, and hand on to a continuation task when the source goes on (fetch/segment.py)."""
     _bind(self, run_id=run_id)
+    # The lease this task claims; a retry of this task (below) presents it again, so that the
+    # lease it still holds (it could not release it: the database was gone) is its own.
+    token = uuid.UUID(lease) if lease else uuid.uuid4()
     try:
         outcome = fetch_run(
             db.connection(),
@@ -55,11 +60,14 @@ def fetch_source(self: Task, run_id: int) -> dict[str, object] | None:
             enqueue_continuation=lambda run: fetch_source.apply_async((run,)),
             timeout_s=settings.task_timeout_s,
             holder=liveness.process_id(),
+            lease_token=token,
         )
     except psycopg.OperationalError as exc:  # database unreachable or restarted: try again later
         db.reset()
         log.warning("fetch_retry", error=str(exc))
-        raise self.retry(exc=exc, countdown=_backoff_s(self.request.retries)) from None
+        raise self.retry(
+            exc=exc, countdown=_backoff_s(self.request.retries), args=(run_id,), kwargs={"lease": str(token)}
+        ) from None
     except BrokerError as exc:
         # The broker went away while chunks were being handed on. Stored chunks are safe
         # in PostgreSQL; the reconciler re-drives this fetch once its heartbeat is older

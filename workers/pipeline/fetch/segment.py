@@ -45,7 +45,8 @@ UPDATE runs SET status = %(running_status)s, started_at = coalesce(started_at, n
        fetch_attempts = fetch_attempts + 1, segment_attempts = segment_attempts + 1, fetch_lease = %(lease)s,
        fetch_holder = %(holder)s
 WHERE id = %(run_id)s AND status = ANY(%(active)s) AND chunks_total IS NULL
-  AND (fetch_lease IS NULL OR coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(timeout)s)
+  AND (fetch_lease IS NULL OR fetch_lease = %(lease)s
+       OR coalesce(heartbeat_at, created_at) < now() - make_interval(secs => %(timeout)s)
        OR (fetch_holder IS NOT NULL AND {HOLDER_DEAD_SQL.format(holder="runs.fetch_holder", dead_after=DEAD_AFTER_S)}))
 RETURNING *
 """
@@ -172,11 +173,17 @@ class Lease:
 
 
 def claim(
-    conn: psycopg.Connection, run_id: int, *, timeout_s: float, holder: uuid.UUID | None = None
+    conn: psycopg.Connection,
+    run_id: int,
+    *,
+    timeout_s: float,
+    holder: uuid.UUID | None = None,
+    token: uuid.UUID | None = None,
 ) -> tuple[Lease, dict[str, Any]] | None:
     """Take the run's fetch lease for the worker process `holder` (workers/liveness.py); None
-    when the fetch is done, the run ended, or a live task holds it."""
-    lease = Lease(run_id, uuid.uuid4())
+    when the fetch is done, the run ended, or a live task holds it. A task retried after an
+    error presents the `token` it held, and takes its own lease back at once."""
+    lease = Lease(run_id, token or uuid.uuid4())
     with conn.transaction(), conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
             _CLAIM,

@@ -105,12 +105,14 @@ def fetch_run(
     enqueue_continuation: Callable[[int], None] | None = None,
     timeout_s: float = 300,
     holder: uuid.UUID | None = None,
+    lease_token: uuid.UUID | None = None,
 ) -> FetchOutcome | None:
     """Run one segment of the fetch stage of a run (segment.py): from where the last one
     stopped, until the source ends or `budget` is spent, when `enqueue_continuation` sends
-    the next; `holder` is the worker process (workers/liveness.py). None when there is nothing
-    to do (fetched, finished, or another task fetches)."""
-    claimed = claim(conn, run_id, timeout_s=timeout_s, holder=holder)
+    the next; `holder` is the worker process (workers/liveness.py), `lease_token` the lease
+    this task claims (a retried task's own). None when there is nothing to do (fetched,
+    finished, or another task fetches)."""
+    claimed = claim(conn, run_id, timeout_s=timeout_s, holder=holder, token=lease_token)
     if claimed is None:
         return None
     lease, run = claimed

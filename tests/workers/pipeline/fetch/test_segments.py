@@ -162,6 +162,9 @@ def test_a_second_task_waits_while_the_lease_is_held_and_takes_over_when_it_goes
     held = claim(db, run_id, timeout_s=300)
     assert held is not None
     assert claim(db, run_id, timeout_s=300) is None, "a live fetch's lease is not taken"
+    retried = claim(db, run_id, timeout_s=300, token=held[0].token)
+    assert retried is not None, "a task retried after a database error takes its own lease back"
+    held = retried
     db.execute("UPDATE runs SET heartbeat_at = now() - interval '10 minutes' WHERE id = %s", (run_id,))
     db.commit()
     taken = claim(db, run_id, timeout_s=300)
