@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -444,7 +445,8 @@ class SlowPages:
     """A paginated JSON API (`?page=N&per_page=S`) that sleeps before every page.
 
     With `since_param`, only records whose id is past `since` are served, as an
-    incremental API would. `pages_served` counts every page request.
+    incremental API would. `pages_served` counts every page served; `requested` counts the
+    requests for each page number as they arrive (a client killed mid-request asked too).
     """
 
     def __init__(self, records: list[dict[str, Any]], delay_s: float, since_param: str = "since"):
@@ -452,8 +454,10 @@ class SlowPages:
         self.delay_s = delay_s
         self.since_param = since_param
         self.pages_served = 0
+        self.requested: Counter[int] = Counter()
 
     def __call__(self, request: Request) -> Response:
+        self.requested[int(request.query.get("page", 1))] += 1
         time.sleep(self.delay_s)
         self.pages_served += 1
         since = request.query.get(self.since_param)

@@ -7,18 +7,28 @@ whole: it is spooled to a temporary file (a local file is read in place) and its
 are read one at a time (workers/sources/json_records.py), so worker memory stays bounded
 by the chunk size whatever the size of a document. Only a source whose records cannot be
 read that way (json_records.streamable) has each document parsed whole.
+
+A paginated walk offers a Boundary after every page that has a next one: a fetch
+segment may stop there and a later task go on with extract(..., resume=position), which
+starts with a plain GET of the next page (the validators of the first page are the run's,
+kept by the fetch stage). The position holds that request, the pages and items read so
+far (max_pages and the items' positions hold across segments) and the paginator's own
+state (pagination.py). A local file and an unpaginated document are read in one segment:
+they offer no Boundary, and max_response_bytes caps each of them as it caps one page.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import date, datetime
+from functools import partial
 from typing import Any
 
 from app.core import exact_json
 from app.core.sources_config import SourceConfig
-from workers.sources.base import Extraction, FetchState, PermanentError, RawItem, dotted_get
+from workers.sources.base import Boundary, Extraction, FetchState, PermanentError, RawItem, dotted_get
 from workers.sources.document import source_is_local
 from workers.sources.files import capped_chunks, digest_file, local_path
 from workers.sources.http import HttpFetcher, SpooledResponse, describe_url
@@ -35,6 +45,8 @@ def extract(
     """Open the source; items are RawItem per element of the record list, page after page."""
     if source_is_local(source):
         # A local file is one document: pagination and since_param have nothing to act on.
+        if resume is not None:  # it offers no Boundary, so no segment of its run stops mid-way
+            raise PermanentError("a local JSON file is read in one segment; it cannot resume mid-way")
         assert source.url is not None
         path = local_path(source.url)
         digest = digest_file(path, source.max_response_bytes)
@@ -48,10 +60,15 @@ def extract(
     try:
         paginator = paginator_for(source)
         assert source.url is not None
-        first = paginator.first(source.url, base_params(source, state))
-        page = active.get_spooled(
-            source.url, first.params, source.resolved_headers(), etag=state.etag, last_modified=state.last_modified
-        )
+        if resume is None:
+            walk = WalkPosition(paginator.first(source.url, base_params(source, state)), pages=0, items=0)
+            page = active.get_spooled(
+                walk.request.url, walk.request.params, source.resolved_headers(),
+                etag=state.etag, last_modified=state.last_modified,
+            )
+        else:
+            walk = WalkPosition.resumed(resume, paginator)
+            page = _follow_up(active, walk.request, source.resolved_headers())
     except BaseException:
         if owned:
             active.close()
@@ -61,8 +78,32 @@ def extract(
         if owned:
             active.close()
         return Extraction(items=iter(()), not_modified=True)
-    items = _walk(source, active, paginator, first, page, close_fetcher=owned)
-    return Extraction(items=items, new_state=page.head.validators())
+    items = _walk(source, active, paginator, walk, page, close_fetcher=owned)
+    # A resumed walk learns no validators: the first segment's are kept (runs.fetch_state).
+    return Extraction(items=items, new_state={} if resume is not None else page.head.validators())
+
+
+@dataclass(frozen=True, slots=True)
+class WalkPosition:
+    """Where a page walk stands before `request`: pages and items read so far."""
+
+    request: PageRequest
+    pages: int
+    items: int
+
+    def position(self, paginator: Paginator) -> dict[str, Any]:
+        """The JSON-able resume position (a Boundary's), with the paginator's state."""
+        return {"request": self.request.position(), "pages": self.pages, "items": self.items,
+                "paginator": paginator.position()}
+
+    @classmethod
+    def resumed(cls, position: dict[str, Any], paginator: Paginator) -> WalkPosition:
+        """The walk `position` describes, `paginator` put back in its state."""
+        try:
+            paginator.resume(position["paginator"])
+            return cls(PageRequest.resume(position["request"]), int(position["pages"]), int(position["items"]))
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise PermanentError(f"cannot resume the page walk from its stored position ({exc!r})") from None
 
 
 def base_params(source: SourceConfig, state: FetchState) -> dict[str, Any]:
@@ -82,13 +123,13 @@ def _walk(
     source: SourceConfig,
     fetcher: HttpFetcher,
     paginator: Paginator,
-    request: PageRequest,
+    walk: WalkPosition,
     page: SpooledResponse,
     *,
     close_fetcher: bool,
-) -> Iterator[RawItem]:
+) -> Iterator[RawItem | Boundary]:
     headers = source.resolved_headers()
-    position, pages = 1, 1
+    request, pages, position = walk.request, walk.pages + 1, walk.items + 1
     try:
         while True:
             reader = records_reader(source, page.chunks(), describe_url(page.head.url))
@@ -105,14 +146,26 @@ def _walk(
                     f"{describe_url(page.head.url)}: more than max_pages={source.max_pages} pages; "
                     "is the pagination terminating?"
                 )
+            here = WalkPosition(following, pages=pages, items=position - 1)
+            # position() is called only while this generator waits at the yield, so the
+            # paginator's state it reads is the state after this page.
+            yield Boundary(partial(here.position, paginator), {"pages": pages, "items": position - 1})
             request, pages = following, pages + 1
-            page = fetcher.get_spooled(request.url, request.params, headers)
-            if page.head.not_modified:  # only the first request is conditional; a 304 later is a broken server
-                raise PermanentError(f"{describe_url(page.head.url)}: unexpected 304 Not Modified for a follow-up page")
+            page = _follow_up(fetcher, request, headers)
     finally:
         page.close()
         if close_fetcher:
             fetcher.close()
+
+
+def _follow_up(fetcher: HttpFetcher, request: PageRequest, headers: dict[str, str]) -> SpooledResponse:
+    """A page after the first: a plain GET (only the first request is conditional, so a 304
+    here is a broken server)."""
+    page = fetcher.get_spooled(request.url, request.params, headers)
+    if page.head.not_modified:
+        page.close()
+        raise PermanentError(f"{describe_url(page.head.url)}: unexpected 304 Not Modified for a follow-up page")
+    return page
 
 
 class WholeDocument:

@@ -1,13 +1,20 @@
 """How to get from one page of an http_json source to the next: none | page | offset | cursor | link.
 
-Each style is a small object with the same two methods, so the page walk in http_json
-stays one loop. Styles that follow server-given pointers (cursor, link) remember every
-pointer followed: a server handing out the same one twice would otherwise loop forever,
+Each style is a small object with the same methods, so the page walk in http_json
+stays one loop. Styles that follow server-given pointers (cursor, link) remember the
+pointers followed: a server handing out the same one twice would otherwise loop forever,
 silently re-ingesting the same records until max_pages.
+
+A walk may stop between two pages and go on in another task (a fetch segment,
+workers/pipeline/fetch/segment.py): `position()` is what a style must remember across
+that gap (JSON-able), and `resume(position)` puts a fresh paginator back in that state.
+Page and offset styles carry everything in the next request itself; cursor and link
+carry the parameters sent on every page and their loop-detection memory.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urljoin
@@ -24,6 +31,14 @@ class PageRequest:
     url: str
     params: dict[str, Any]
 
+    def position(self) -> dict[str, Any]:
+        """JSON-able, for a walk that stops here and goes on in another task."""
+        return {"url": self.url, "params": dict(self.params)}
+
+    @classmethod
+    def resume(cls, position: dict[str, Any]) -> PageRequest:
+        return cls(str(position["url"]), dict(position["params"]))
+
 
 class Paginator(Protocol):
     def first(self, url: str, base_params: dict[str, Any]) -> PageRequest:
@@ -34,9 +49,63 @@ class Paginator(Protocol):
         """The request for the page after `current`, or None when `current` was the last."""
         ...
 
+    def position(self) -> dict[str, Any]:
+        """The state a walk stopped between two pages needs to go on (JSON-able)."""
+        ...
+
+    def resume(self, position: dict[str, Any]) -> None:
+        """Take up the state `position()` gave, in place of first()."""
+        ...
+
+
+class _Stateless:
+    """Styles whose next request follows from the current one alone."""
+
+    __slots__ = ()
+
+    def position(self) -> dict[str, Any]:
+        return {}
+
+    def resume(self, position: dict[str, Any]) -> None:
+        pass
+
+
+# How many pointers a cursor or link walk remembers to detect a loop. Bounded, because a
+# walk of millions of pages must not grow without end in memory nor in the resume position
+# committed with every segment (runs.fetch_position): a server that loops back to a pointer
+# more than this many pages old is not caught here, and max_pages still ends its walk.
+REMEMBERED_POINTERS = 10_000
+
+
+class RecentPointers:
+    """The most recent REMEMBERED_POINTERS pointers followed, oldest first (a dict keeps order)."""
+
+    __slots__ = ("_recent", "limit")
+
+    def __init__(self, pointers: Iterable[str] = (), limit: int = REMEMBERED_POINTERS):
+        self.limit = limit
+        self._recent: dict[str, None] = {}
+        for pointer in pointers:
+            self.add(pointer)
+
+    def __contains__(self, pointer: object) -> bool:
+        return pointer in self._recent
+
+    def __len__(self) -> int:
+        return len(self._recent)
+
+    def add(self, pointer: str) -> None:
+        self._recent.pop(pointer, None)
+        self._recent[pointer] = None
+        if len(self._recent) > self.limit:
+            del self._recent[next(iter(self._recent))]
+
+    def as_list(self) -> list[str]:
+        return list(self._recent)
+
 
 @dataclass(slots=True)
-class NoPagination:
+class NoPagination(_Stateless):
     def first(self, url: str, base_params: dict[str, Any]) -> PageRequest:
         return PageRequest(url, dict(base_params))
 
@@ -45,7 +114,7 @@ class NoPagination:
 
 
 @dataclass(slots=True)
-class PageNumber:
+class PageNumber(_Stateless):
     """?page=N&per_page=S; a short or empty page is the last one."""
 
     page_param: str
@@ -63,7 +132,7 @@ class PageNumber:
 
 
 @dataclass(slots=True)
-class Offset:
+class Offset(_Stateless):
     """?offset=O&limit=L; a short or empty page is the last one."""
 
     offset_param: str
@@ -87,11 +156,17 @@ class Cursor:
     cursor_param: str
     next_cursor_path: str
     _base: dict[str, Any] = field(default_factory=dict)
-    _seen: set[str] = field(default_factory=set)
+    _seen: RecentPointers = field(default_factory=RecentPointers)
 
     def first(self, url: str, base_params: dict[str, Any]) -> PageRequest:
         self._base = dict(base_params)
         return PageRequest(url, dict(base_params))
+
+    def position(self) -> dict[str, Any]:
+        return _pointer_walk_position(self._base, self._seen)
+
+    def resume(self, position: dict[str, Any]) -> None:
+        self._base, self._seen = _pointer_walk_resumed(position)
 
     def next(self, current: PageRequest, body: Any, count: int, response: FetchedResponse) -> PageRequest | None:
         value = dotted_get(body, self.next_cursor_path)
@@ -113,11 +188,17 @@ class LinkHeader:
     """Follow the RFC 8288 `Link: <url>; rel="next"` header until there is none."""
 
     _base: dict[str, Any] = field(default_factory=dict)
-    _seen: set[str] = field(default_factory=set)
+    _seen: RecentPointers = field(default_factory=RecentPointers)
 
     def first(self, url: str, base_params: dict[str, Any]) -> PageRequest:
         self._base = dict(base_params)
         return PageRequest(url, dict(base_params))
+
+    def position(self) -> dict[str, Any]:
+        return _pointer_walk_position(self._base, self._seen)
+
+    def resume(self, position: dict[str, Any]) -> None:
+        self._base, self._seen = _pointer_walk_resumed(position)
 
     def next(self, current: PageRequest, body: Any, count: int, response: FetchedResponse) -> PageRequest | None:
         self._seen.add(response.url)
@@ -130,6 +211,14 @@ class LinkHeader:
         self._seen.add(target)
         # The link usually repeats the query already; base params (since) are re-applied in case it does not.
         return PageRequest(target, dict(self._base))
+
+
+def _pointer_walk_position(base: dict[str, Any], seen: RecentPointers) -> dict[str, Any]:
+    return {"base": dict(base), "seen": seen.as_list()}
+
+
+def _pointer_walk_resumed(position: dict[str, Any]) -> tuple[dict[str, Any], RecentPointers]:
+    return dict(position["base"]), RecentPointers(str(pointer) for pointer in position["seen"])
 
 
 def _next_link(response: FetchedResponse) -> str | None:

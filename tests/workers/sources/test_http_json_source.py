@@ -10,7 +10,7 @@ import pytest
 
 from tests.support.http_server import Request, Response
 from workers.sources import http_json
-from workers.sources.base import FetchState, PermanentError, RawItem, TransientError
+from workers.sources.base import Boundary, FetchState, PermanentError, RawItem, TransientError
 
 RECORDS = [{"id": n, "title": f"post {n}"} for n in range(1, 26)]  # 25: two full pages of 10 and a short one
 
@@ -20,8 +20,9 @@ def ids(items: list[RawItem]) -> list[Any]:
 
 
 def run(source, fetcher=None, state: FetchState | None = None):  # type: ignore[no-untyped-def]
+    """The extraction and its items, without the Boundary markers between pages."""
     extraction = http_json.extract(source, state or FetchState(), fetcher)
-    return extraction, list(extraction.items)
+    return extraction, [item for item in extraction.items if isinstance(item, RawItem)]
 
 
 # -- records_path ----------------------------------------------------------------------
@@ -183,7 +184,8 @@ def test_repeated_cursor_is_a_pagination_loop(server, make_source, fetcher_for) 
     seen = []
     with pytest.raises(PermanentError, match="pagination loop"):
         for item in extraction.items:
-            seen.append(item.record["id"])
+            if isinstance(item, RawItem):
+                seen.append(item.record["id"])
     assert seen == ["0", "a", "b"]  # every distinct page was delivered before the loop was detected
     assert len(server.requests) == 3
 
@@ -233,6 +235,8 @@ def test_pages_are_fetched_lazily(server, make_source, fetcher_for) -> None:
     assert len(server.requests) == 1  # the first page decides not_modified; the rest wait
     first_ten = [next(extraction.items) for _ in range(10)]
     assert ids(first_ten) == list(range(1, 11)) and len(server.requests) == 1
+    # Between two pages, a Boundary: a fetch segment that stops there has not asked for the next page.
+    assert isinstance(next(extraction.items), Boundary) and len(server.requests) == 1
     next(extraction.items)
     assert len(server.requests) == 2
 

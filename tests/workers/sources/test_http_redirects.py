@@ -16,7 +16,7 @@ import pytest
 from app.core.sources_config import SourceConfig
 from tests.support.http_server import LocalHTTPServer, Request, Response
 from workers.sources import csv_source, http_json
-from workers.sources.base import FetchState, PermanentError
+from workers.sources.base import FetchState, PermanentError, RawItem
 from workers.sources.http import HttpFetcher
 from workers.sources.redirects import RedirectPolicy
 
@@ -37,7 +37,7 @@ def redirect(to: str, status: int = 302) -> Response:
 def records(source: SourceConfig, fetcher_for: Callable[..., HttpFetcher]) -> list[dict]:
     with fetcher_for(source) as fetcher:
         extraction = http_json.extract(source, FetchState(), fetcher)
-        return [item.record for item in extraction.items]
+        return [item.record for item in extraction.items if isinstance(item, RawItem)]
 
 
 def leaked(server: LocalHTTPServer) -> list[str]:
