@@ -170,12 +170,13 @@ class Boundary:
     place to resume from, the connector's own shape, handed back to it as `resume`
     (extract(..., resume=...)); it is called only when the fetch stops there, so it may
     cost something. `progress` says how far the stream got, for people (GET /runs/{id}):
-    any of `bytes_read`, `bytes_total`, `pages`, `items`.
+    any of `bytes_read`, `bytes_total`, `pages`, `items`. A Boundary without a position is
+    progress only (the stream's last word, where there is nothing left to resume).
     """
 
     __slots__ = ("position", "progress")
 
-    def __init__(self, position: Callable[[], dict[str, Any]], progress: dict[str, Any]):
+    def __init__(self, position: Callable[[], dict[str, Any]] | None, progress: dict[str, Any]):
         self.position = position
         self.progress = progress
 

@@ -271,7 +271,10 @@ class CsvRows:
                 else:  # checked on the fields, not the raw text, which may be truncated
                     reject(start, "row contains a NUL byte")
             if values or rejections:
+                rows_read += len(values) + len(rejections)
                 yield RowBatch(header, values, lines, rejections)
+            if self._resume is not None:  # the file's last progress: read to its end
+                yield Boundary(None, {"bytes_read": self._size, "bytes_total": self._size, "items": rows_read})
         finally:
             self.close()
 

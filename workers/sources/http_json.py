@@ -140,6 +140,7 @@ def _walk(
             page.close()
             following = paginator.next(request, reader.rest, position - before, page.head)
             if following is None:
+                yield Boundary(None, {"pages": pages, "items": position - 1})  # the walk's last progress
                 return
             if pages >= source.max_pages:
                 raise PermanentError(

@@ -255,7 +255,7 @@ class _Segment:
     def _stop_at(self, boundary: Boundary, sifter: Sifter, kept: KeptIds | None) -> bool:
         """Note the boundary's progress; when the budget is spent, end the segment here."""
         self.buffer.progress.update(boundary.progress)
-        if not self.clock.spent(self.buffer.chunk_no):
+        if boundary.position is None or not self.clock.spent(self.buffer.chunk_no):
             return False
         sifter.close()  # every row read before the boundary goes into a chunk
         next_chunk = self.buffer.chunk_no + self._pending()
@@ -267,4 +267,12 @@ class _Segment:
 
         self.buffer.close(then=end_segment)
         self.next_chunk = next_chunk
+        self._close_streams()
         return True
+
+    def _close_streams(self) -> None:
+        """Release what the connector holds open (a response, a file) now, not when collected."""
+        for stream in (self.extraction.items, self.extraction.batches):
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
