@@ -7,10 +7,11 @@ Every connector fetches through HttpFetcher, so the rules hold everywhere alike:
   otherwise never time out;
 * a size cap per response, checked while streaming (after decompression, so a gzip
   bomb is stopped too), so one bad upstream cannot exhaust a worker's memory or disk;
-* except for a body read as a stream (stream(): a CSV file of any size), which has neither
-  cap nor total deadline, since its reader keeps one row at a time and the fetch segment
-  decides how long it reads: a stall of timeout_s, or a body slower than STREAM_FLOOR_BYTES
-  per timeout_s of waiting, is a TransientError instead;
+* neither for a body read as a stream (stream(): a CSV file of any size), whose reader
+  keeps one row at a time and whose fetch segment decides how long it reads; there a read
+  that waits timeout_s, or a body slower than STREAM_FLOOR_BYTES per timeout_s of waiting,
+  is a TransientError instead, which its reader retries by reconnecting at the byte it
+  reached (remote_file.py);
 * 429, 408, 5xx, timeouts, resets and truncated bodies are TransientError (retried here
   with jittered backoff honouring Retry-After); other 4xx and undecodable bodies are
   PermanentError;

@@ -259,6 +259,18 @@ def test_a_connection_reset_mid_body_reconnects_at_the_byte_reached(server, make
     assert again.new_state["file_hash"] == hashlib.sha256(data).hexdigest()  # still one read from the top
 
 
+def test_a_reset_within_the_first_block_opens_the_file_again(server, make_source, fetcher_for) -> None:
+    data = people_csv(5000)
+    served = ServedFile(data)
+    served.cut_at = [1000]
+    server.route("/f.csv", served)
+    source = make_source("csv", url=server.url + "/f.csv")
+    with fetcher_for(source) as fetcher:
+        items = [i for i in csv_source.extract(source, FetchState(), fetcher).items if isinstance(i, RawItem)]
+    assert len(items) == 5000 and items[-1].record == {"id": "5000", "name": "name 5000 v1", "note": "note 5000"}
+    assert [r.headers.get("range") for r in server.requests] == [None, None]
+
+
 def test_a_file_replaced_while_a_segment_reads_it_fails_the_segment(server, make_source, fetcher_for) -> None:
     served = ServedFile(people_csv(20_000))
     server.route("/f.csv", served)
