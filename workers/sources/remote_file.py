@@ -138,7 +138,7 @@ class RemoteFile:
             self.restarted = f"{self.where} changed since the run started reading it ({exc}): read from the top"
 
     def _start_at_top(self, body: BodyStream) -> None:
-        self._body, self.offset, self._sha = body, 0, hashlib.sha256()
+        self._body, self.offset, self._sha, self.at_end = body, 0, hashlib.sha256(), False
         head = self._read_head(body)
         self.identity = Identity.of(body, head)
         self.head = self._pending = head
@@ -192,6 +192,10 @@ class RemoteFile:
         """Read and drop the bytes before `offset` (a stream re-read from the top)."""
         while self.offset < offset:
             if not self.read(min(1024 * 1024, offset - self.offset)):
+                # The same head, validators and size (none sent), yet shorter: another version
+                # after all, to be read from its top.
+                self._close_body()
+                self._start_at_top(self._fetcher.stream(self._url, self._headers))
                 raise Changed(f"now shorter than the {offset} bytes already read")
 
     # -- reading -----------------------------------------------------------------------

@@ -235,6 +235,22 @@ def test_without_validators_the_size_and_first_block_tell_versions_apart(server,
     assert extraction.restarted is not None and "first block" in extraction.restarted
 
 
+def test_a_file_now_shorter_than_the_position_is_read_from_the_top(server, make_source, fetcher_for,
+                                                                   small_batches) -> None:
+    current = [people_csv(5000)]
+    # No validators, no length (chunked): only the first block and the length read tell.
+    server.route("/f.csv", lambda _request: Response(200, iter([current[0]]), content_type="text/csv"))
+    source = make_source("csv", url=server.url + "/f.csv")
+    with fetcher_for(source) as fetcher:
+        chain = segments(source, fetcher, every=85)  # stops after 4,250 rows
+        _, stop, _ = next(chain)
+        current[0] = people_csv(4000)  # the same first block, shorter than the position
+        assert stop is not None and stop["offset"] > len(current[0])
+        rows, _, extraction = next(chain)
+    assert extraction.restarted is not None and "shorter" in extraction.restarted
+    assert rows[0].line == 2 and rows[0].record == {"id": "1", "name": "name 1 v1", "note": "note 1"}
+
+
 # -- failures mid-body -----------------------------------------------------------------------
 
 
