@@ -7,6 +7,11 @@ Every connector fetches through HttpFetcher, so the rules hold everywhere alike:
   otherwise never time out;
 * a size cap per response, checked while streaming (after decompression, so a gzip
   bomb is stopped too), so one bad upstream cannot exhaust a worker's memory or disk;
+* neither for a body read as a stream (stream(): a CSV file of any size), whose reader
+  keeps one row at a time and whose fetch segment decides how long it reads; there a read
+  that waits timeout_s, or a body slower than STREAM_FLOOR_BYTES per timeout_s of waiting,
+  is a TransientError instead, which its reader retries by reconnecting at the byte it
+  reached (remote_file.py);
 * 429, 408, 5xx, timeouts, resets and truncated bodies are TransientError (retried here
   with jittered backoff honouring Retry-After); other 4xx and undecodable bodies are
   PermanentError;
@@ -21,15 +26,13 @@ Every connector fetches through HttpFetcher, so the rules hold everywhere alike:
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import IO, Any, TypeVar
 
 import httpx
@@ -37,7 +40,7 @@ import httpx
 from app.core.redaction import redact
 from app.core.sources_config import SourceConfig
 from workers.sources.base import PermanentError, TransientError
-from workers.sources.files import READ_CHUNK_BYTES, ContentDigest
+from workers.sources.files import READ_CHUNK_BYTES
 from workers.sources.redirects import RedirectPolicy, redirect_location
 from workers.sources.retry import RetryPolicy, parse_retry_after
 
@@ -49,6 +52,9 @@ USER_AGENT = "ingest/0.1"
 DEFAULT_TIMEOUT_S = 30.0
 DEFAULT_MAX_RESPONSE_BYTES = 100 * 1024 * 1024
 SPOOL_IN_MEMORY_BYTES = 1024 * 1024  # a spooled body larger than this waits on disk
+# A streamed body must bring at least this much per timeout_s spent waiting for it: a server
+# dripping a byte at a time would otherwise never trip the per-read timeout.
+STREAM_FLOOR_BYTES = 64 * 1024
 _EXCERPT_BYTES = 2048
 _EXCERPT_CHARS = 200
 
@@ -95,21 +101,6 @@ class SpooledResponse:
 
     def close(self) -> None:
         self.file.close()
-
-
-@dataclass(slots=True)
-class Download:
-    """A body streamed to a temporary file, or a 304. The caller owns `path` and must discard() it."""
-
-    path: Path | None
-    digest: ContentDigest | None
-    not_modified: bool = False
-    etag: str | None = None
-    last_modified: str | None = None
-
-    def discard(self) -> None:
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
 
 
 def describe_url(url: str | httpx.URL) -> str:
@@ -168,6 +159,69 @@ class _Exchange:
 
     def timed_out(self) -> bool:
         return self.watchdog.fired or time.monotonic() >= self.deadline
+
+
+class BodyStream:
+    """A response whose body is read as it arrives, for a file of any size (a CSV export).
+
+    Unlike get(), no size cap (its reader keeps a row at a time, whatever the file's size)
+    and no total deadline (a large file takes as long as it takes; the fetch segment decides
+    how long it reads, then closes it). What bounds it instead: each read waits at most
+    timeout_s for data, and every timeout_s spent waiting must bring STREAM_FLOOR_BYTES.
+    Only time spent waiting counts, not time the reader spends between reads (storing a
+    chunk), which would otherwise make a fast server look slow. Failures are classified as
+    everywhere: a stall, a reset or a body cut short is a TransientError, a bad
+    content-encoding a PermanentError. The caller must close() it.
+    """
+
+    def __init__(self, exchange: _Exchange, stack: ExitStack, timeout_s: float):
+        response = exchange.response
+        self.status = response.status_code
+        self.headers = response.headers
+        self.url = str(response.url)
+        self.where = exchange.where
+        self._stack = stack
+        self._timeout_s = timeout_s
+        self._chunks = response.iter_bytes() if self.status not in (304, 416) else iter(())
+        self._chunk = b""
+        self._at = 0  # bytes of _chunk already returned
+        self._waited = 0.0  # seconds spent waiting in the current window
+        self._window_bytes = 0
+
+    def read(self, size: int) -> bytes:
+        """Up to `size` bytes (fewer when fewer have arrived); b"" at the end of the body."""
+        if self._at >= len(self._chunk):
+            self._chunk, self._at = self._next_chunk(), 0
+        chunk, at = self._chunk, self._at
+        if at == 0 and size >= len(chunk):
+            self._at = len(chunk)
+            return chunk
+        self._at = min(len(chunk), at + size)
+        return chunk[at:self._at]
+
+    def _next_chunk(self) -> bytes:
+        started = time.monotonic()
+        try:
+            chunk = next(self._chunks, b"")
+        except httpx.DecodingError:
+            raise PermanentError(f"GET {self.where}: body could not be decoded (bad content-encoding)") from None
+        except httpx.TimeoutException:
+            raise TransientError(f"GET {self.where}: body stalled: no data for {self._timeout_s:g}s") from None
+        except httpx.TransportError as exc:
+            # RemoteProtocolError here is a body cut short of its Content-Length.
+            raise TransientError(f"GET {self.where}: body incomplete: {type(exc).__name__}") from None
+        self._waited += time.monotonic() - started
+        self._window_bytes += len(chunk)
+        if self._waited >= self._timeout_s:
+            if chunk and self._window_bytes < STREAM_FLOOR_BYTES:
+                raise TransientError(
+                    f"GET {self.where}: body too slow: {self._window_bytes} bytes in {self._waited:.0f}s of waiting"
+                )
+            self._waited, self._window_bytes = 0.0, 0
+        return chunk
+
+    def close(self) -> None:
+        self._stack.close()
 
 
 class HttpFetcher:
@@ -270,45 +324,44 @@ class HttpFetcher:
 
         return self._with_retries(attempt, secrets)
 
-    def download(
+    def stream(
         self,
         url: str,
         headers: dict[str, str] | None = None,
         *,
         etag: str | None = None,
         last_modified: str | None = None,
-        suffix: str = ".download",
-    ) -> Download:
-        """Stream the body to a temporary file, hashing it on the way; the file never sits in memory."""
+        range_from: int | None = None,
+        if_range: str | None = None,
+    ) -> BodyStream:
+        """GET and return at the response headers: the body is read as it arrives (BodyStream),
+        without size cap or total deadline. Failures before the body are retried as in get().
+
+        `range_from` asks for the body from that byte on (`Range: bytes=N-`, unencoded, so
+        that byte offsets are the file's own), under `if_range` (an ETag or Last-Modified:
+        a server whose file changed answers 200 with the whole new file instead); a server
+        may ignore Range and answer 200 anyway. A 416 (the range starts at or past the end)
+        comes back as a BodyStream with status 416 and no body. The caller must close it.
+        """
         conditional = _conditional_headers(etag, last_modified)
+        if range_from is not None:
+            conditional["Range"] = f"bytes={range_from}-"
+            conditional["Accept-Encoding"] = "identity"
+            if if_range:
+                conditional["If-Range"] = if_range
         secrets = [*self._secrets, *(headers or {}).values()]
+        tolerated = (416,) if range_from is not None else ()
 
-        def attempt() -> Download:
-            with self._exchange(url, None, headers or {}, conditional, secrets) as exchange:
-                response = exchange.response
-                if response.status_code == 304:
-                    return Download(path=None, digest=None, not_modified=True)
-                fd, name = tempfile.mkstemp(prefix="ingest-", suffix=suffix)
-                path = Path(name)
-                digest = ContentDigest()
-                try:
-                    with os.fdopen(fd, "wb") as out:
-
-                        def sink(chunk: bytes) -> None:
-                            digest.update(chunk)
-                            out.write(chunk)
-
-                        self._stream_body(exchange, sink)
-                except BaseException:
-                    path.unlink(missing_ok=True)
-                    raise
-                digest.finish()
-                return Download(
-                    path=path,
-                    digest=digest,
-                    etag=response.headers.get("etag"),
-                    last_modified=response.headers.get("last-modified"),
+        def attempt() -> BodyStream:
+            stack = ExitStack()
+            try:
+                exchange = stack.enter_context(
+                    self._exchange(url, None, headers or {}, conditional, secrets, streaming=True, tolerated=tolerated)
                 )
+                return BodyStream(exchange, stack, self.timeout_s)
+            except BaseException:
+                stack.close()
+                raise
 
         return self._with_retries(attempt, secrets)
 
@@ -340,11 +393,17 @@ class HttpFetcher:
         headers: dict[str, str],
         conditional: dict[str, str],
         secrets: list[str],
+        *,
+        streaming: bool = False,
+        tolerated: tuple[int, ...] = (),
     ) -> Iterator[_Exchange]:
-        """Send the request, follow its redirects, classify what comes back; yields a 2xx or 304.
+        """Send the request, follow its redirects, classify what comes back; yields a 2xx or 304
+        (or a status in `tolerated`).
 
         `headers` are the source's configured ones (often secret): they go only to the source's
         own origin (RedirectPolicy). `conditional` (validators) follow every allowed redirect.
+        `streaming`: the total deadline ends with the headers; each read of the body then
+        waits at most timeout_s (see BodyStream).
         """
         deadline = time.monotonic() + self.timeout_s
         where = describe_url(url)
@@ -373,7 +432,12 @@ class HttpFetcher:
             timeouts["read"] = max(0.01, deadline - time.monotonic())
         exchange = _Exchange(response, deadline, where, watchdog)
         try:
-            self._check_status(exchange, secrets)
+            if response.status_code not in tolerated:
+                self._check_status(exchange, secrets)
+            if streaming:
+                watchdog.cancel()
+                if isinstance(timeouts, dict):
+                    timeouts["read"] = self.timeout_s
             yield exchange
         finally:
             watchdog.cancel()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import hashlib
 from pathlib import Path
 
@@ -185,10 +184,10 @@ def test_a_batch_makes_items_for_the_chosen_rows_and_every_rejection_in_file_ord
     assert len(batch) == 6
 
 
-# -- over HTTP -------------------------------------------------------------------------
+# -- over HTTP (more in test_csv_over_http.py) ------------------------------------------
 
 
-def test_csv_over_http_is_downloaded_parsed_and_cleaned_up(
+def test_csv_over_http_is_streamed_and_parsed_without_a_temp_file(
     server, make_source, fetcher_for, cases, isolated_tmp
 ) -> None:
     body = (cases / "broken_rows.csv").read_bytes()
@@ -220,27 +219,8 @@ def test_csv_over_http_304_and_same_hash(server, make_source, fetcher_for, isola
     assert list(isolated_tmp.iterdir()) == []
 
 
-def test_temp_file_is_removed_when_items_are_abandoned(server, make_source, fetcher_for, isolated_tmp) -> None:
-    server.route("/rows.csv", Response(200, b"id\n1\n2\n", content_type="text/csv"))
+def test_a_bad_header_over_http_is_permanent(server, make_source, fetcher_for) -> None:
+    server.route("/rows.csv", Response(200, b"id,name,id\n1,2,3\n", content_type="text/csv"))
     source = make_source("csv", url=server.url + "/rows.csv")
-    extraction = csv_source.extract(source, FetchState(), fetcher_for(source))
-    assert len(list(isolated_tmp.iterdir())) == 1  # downloaded, not yet read
-    del extraction
-    gc.collect()
-    assert list(isolated_tmp.iterdir()) == []
-
-
-def test_temp_file_is_removed_when_the_header_is_bad(server, make_source, fetcher_for, isolated_tmp) -> None:
-    server.route("/rows.csv", Response(200, b"", content_type="text/csv"))
-    source = make_source("csv", url=server.url + "/rows.csv")
-    with pytest.raises(PermanentError, match="empty"):
+    with pytest.raises(PermanentError, match="duplicate column"):
         run(source, fetcher=fetcher_for(source))
-    assert list(isolated_tmp.iterdir()) == []
-
-
-def test_oversized_download_is_permanent(server, make_source, fetcher_for, isolated_tmp) -> None:
-    server.route("/big.csv", Response(200, b"id\n" + b"1\n" * 5000, content_type="text/csv"))
-    source = make_source("csv", url=server.url + "/big.csv", max_response_bytes=1024)
-    with pytest.raises(PermanentError, match="larger than 1024 bytes"):
-        run(source, fetcher=fetcher_for(source))
-    assert list(isolated_tmp.iterdir()) == []

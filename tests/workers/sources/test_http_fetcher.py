@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import socket
 import time
 from email.utils import formatdate
@@ -255,49 +254,85 @@ def test_size_cap_applies_after_decompression(server) -> None:
         f.get(server.url + "/bomb")
 
 
-# -- download --------------------------------------------------------------------------
+# -- stream (a CSV file of any size) -------------------------------------------------------
 
 
-def test_download_streams_to_a_temp_file_with_its_hash(server, isolated_tmp) -> None:
-    payload = b"a,b\n" + b"1,2\n" * 10_000
+def read_all(body) -> bytes:  # type: ignore[no-untyped-def]
+    parts = []
+    while piece := body.read(10_000):
+        parts.append(piece)
+    return b"".join(parts)
+
+
+def test_a_streamed_body_has_no_size_cap(server) -> None:
+    payload = b"a,b\n" + b"1,2\n" * 50_000
     server.route("/data.csv", Response(200, payload, headers={"ETag": '"d1"'}, content_type="text/csv"))
+    with fetcher(max_response_bytes=1024) as f:
+        body = f.stream(server.url + "/data.csv")
+        try:
+            assert (body.status, body.headers["etag"]) == (200, '"d1"')
+            assert read_all(body) == payload
+        finally:
+            body.close()
+
+
+def test_a_stream_asks_for_a_range_under_its_validator_and_hears_416(server) -> None:
+    server.route("/r.csv", lambda r: Response(416, b"", headers={"Content-Range": "bytes */10"}))
     with fetcher() as f:
-        download = f.download(server.url + "/data.csv")
-    assert download.path is not None and download.path.parent == isolated_tmp
-    assert download.path.read_bytes() == payload
-    assert download.digest is not None and download.digest.sha256 == hashlib.sha256(payload).hexdigest()
-    assert download.digest.size == len(payload) and download.digest.is_utf8
-    assert download.etag == '"d1"'
-    download.discard()
-    assert list(isolated_tmp.iterdir()) == []
+        body = f.stream(server.url + "/r.csv", {"X-Key": "k"}, range_from=10, if_range='"d1"')
+        body.close()
+        with pytest.raises(HTTPStatusError, match="HTTP 416"):
+            f.stream(server.url + "/r.csv")  # asked for no range: an error like any 4xx
+    sent = server.requests[0].headers
+    assert (sent["range"], sent["if-range"], sent["accept-encoding"]) == ("bytes=10-", '"d1"', "identity")
+    assert body.status == 416 and sent["x-key"] == "k"
 
 
-def test_download_over_the_cap_leaves_no_temp_file(server, isolated_tmp) -> None:
-    server.route("/big.csv", Response(200, b"x" * 50_000, headers={"Content-Length": "50000"}))
-    server.route("/big2.csv", Response(200, gzip.compress(b"x" * 50_000), headers={"Content-Encoding": "gzip"}))
-    with fetcher(max_response_bytes=10_000) as f:
-        for path in ("/big.csv", "/big2.csv"):
-            with pytest.raises(PermanentError, match="larger than 10000"):
-                f.download(server.url + path)
-    assert list(isolated_tmp.iterdir()) == []
-
-
-def test_download_retry_after_truncation_starts_a_fresh_file(server, timed, isolated_tmp) -> None:
-    handler = timed(
-        [
-            Response(200, b"a,b\n1,", headers={"Content-Length": "100", "Connection": "close"}),
-            Response(200, b"a,b\n1,2\n"),
-        ]
-    )
+def test_a_stream_retries_failures_before_its_body_and_answers_304(server, timed) -> None:
+    handler = timed([Response(503, b""), Response(200, b"a\n1\n")])
     server.route("/flaky.csv", handler)
+    server.route("/same.csv", lambda r: Response(304) if r.headers.get("if-none-match") == '"d1"' else Response(200))
     with fetcher() as f:
-        download = f.download(server.url + "/flaky.csv")
-    assert download.path is not None and download.path.read_bytes() == b"a,b\n1,2\n"
-    download.discard()
-    assert list(isolated_tmp.iterdir()) == []
+        body = f.stream(server.url + "/flaky.csv")
+        assert read_all(body) == b"a\n1\n"
+        body.close()
+        unchanged = f.stream(server.url + "/same.csv", etag='"d1"')
+        assert unchanged.status == 304 and unchanged.read(100) == b""
+        unchanged.close()
+    assert len(handler.times) == 2
 
 
-def test_download_304(server) -> None:
-    server.route("/data.csv", lambda r: Response(304) if r.headers.get("if-none-match") == '"d1"' else Response(200))
-    with fetcher() as f:
-        assert f.download(server.url + "/data.csv", etag='"d1"').not_modified
+def test_a_streams_error_names_no_secret(server) -> None:
+    server.route("/private.csv", lambda r: Response(403, f"no: {r.headers.get('authorization')}"))
+    with fetcher(secrets=[SECRET]) as f, pytest.raises(PermanentError) as info:
+        f.stream(server.url + "/private.csv?token=hidden", {"Authorization": f"Bearer {SECRET}"})
+    assert SECRET not in str(info.value) and "hidden" not in str(info.value)
+
+
+def _drip_forever(sock: socket.socket) -> None:
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    for _ in range(400):
+        sock.sendall(b"x")
+        time.sleep(0.01)
+
+
+def _stall(sock: socket.socket) -> None:
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nid\n1\n")
+    time.sleep(10)
+
+
+def _cut(sock: socket.socket) -> None:
+    sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\nConnection: close\r\n\r\nid\n1\n")
+
+
+@pytest.mark.parametrize(("behaviour", "message"), [(_drip_forever, "too slow"), (_stall, "stalled"),
+                                                    (_cut, "incomplete")])
+def test_a_streamed_body_that_drips_stalls_or_stops_short_is_transient(raw_server, behaviour, message) -> None:
+    upstream = raw_server(behaviour)
+    with fetcher(timeout_s=1.0, retry=NO_RETRY) as f:
+        body = f.stream(upstream.url)  # the deadline ends with the headers: a long body may take its time
+        try:
+            with pytest.raises(TransientError, match=message):
+                read_all(body)
+        finally:
+            body.close()
