@@ -170,13 +170,12 @@ class Boundary:
     place to resume from, the connector's own shape, handed back to it as `resume`
     (extract(..., resume=...)); it is called only when the fetch stops there, so it may
     cost something. `progress` says how far the stream got, for people (GET /runs/{id}):
-    any of `bytes_read`, `bytes_total`, `pages`, `items`. A Boundary without a position is
-    progress only (the stream's last word, where there is nothing left to resume).
+    any of `bytes_read`, `bytes_total`, `pages`, `items`.
     """
 
     __slots__ = ("position", "progress")
 
-    def __init__(self, position: Callable[[], dict[str, Any]] | None, progress: dict[str, Any]):
+    def __init__(self, position: Callable[[], dict[str, Any]], progress: dict[str, Any]):
         self.position = position
         self.progress = progress
 
@@ -220,6 +219,9 @@ class Extraction:
     # Set when extract() was given a position it could not resume from (the file changed
     # since): the stream starts again from the top of the source, and this says why.
     restarted: str | None = None
+    # The stream's last progress (the Boundary keys), filled by the connector once the
+    # source is read to its end, where no Boundary follows.
+    final_progress: dict[str, Any] = field(default_factory=dict)
 
 
 def dotted_get(obj: Any, path: str) -> Any:

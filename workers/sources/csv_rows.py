@@ -172,6 +172,7 @@ class CsvRows:
         self.where = where
         self._lines = lines
         self._resume = resume
+        self.final_progress: dict[str, Any] = {}  # Extraction.final_progress, once the rows are read
         offset, line = (resume.get("offset", 0), resume.get("line", 0)) if resume else (0, 0)
         self._rows_before = resume.get("rows", 0) if resume else 0
         try:
@@ -266,10 +267,8 @@ class CsvRows:
             if values or rejections:
                 rows_read += len(values) + len(rejections)
                 yield RowBatch(header, values, lines, rejections)
-            if self._resume is not None:  # the stream's last progress: read to its end
-                total = self._lines.size
-                yield Boundary(None, {"bytes_read": self._lines.bytes_read(), "items": rows_read,
-                                      **({"bytes_total": total} if total is not None else {})})
+            # The stream's last progress: read to its end (no Boundary: nothing is left to resume).
+            self.final_progress.update(bytes_read=self._lines.bytes_read(), items=rows_read)
         finally:
             self.close()
 

@@ -42,7 +42,8 @@ def extract(
     if opened.rows is None:
         return Extraction(items=iter(()), not_modified=True)
     batches = opened.rows.batches(ROWS_PER_BATCH)
-    return Extraction(items=flatten(batches), batches=batches, new_state=opened.new_state, restarted=opened.restarted)
+    return Extraction(items=flatten(batches), batches=batches, new_state=opened.new_state, restarted=opened.restarted,
+                      final_progress=opened.rows.final_progress)
 
 
 def _extract_local(source: SourceConfig, state: FetchState, resume: dict[str, Any] | None) -> Extraction:
@@ -56,7 +57,8 @@ def _extract_local(source: SourceConfig, state: FetchState, resume: dict[str, An
             rows = CsvRows(path, resume["encoding"], source.delimiter, str(path),
                            max_field_chars=source.max_field_chars, resume=resume)
             batches = rows.batches(ROWS_PER_BATCH)
-            return Extraction(items=flatten(batches), batches=batches, new_state={"file_hash": resume["file_hash"]})
+            return Extraction(items=flatten(batches), batches=batches, new_state={"file_hash": resume["file_hash"]},
+                              final_progress=rows.final_progress)
         # Never two versions of a file in one run: the new one is read whole, and its chunks,
         # numbered after the old one's, win over them (workers/pipeline/upsert/records.py).
         restarted = f"{path} changed since the run started reading it (size, mtime or first block): read from the top"
@@ -69,7 +71,7 @@ def _extract_local(source: SourceConfig, state: FetchState, resume: dict[str, An
                    resume={"identity": identity, "file_hash": digest.sha256, "encoding": encoding})
     batches = rows.batches(ROWS_PER_BATCH)
     return Extraction(items=flatten(batches), batches=batches, new_state={"file_hash": digest.sha256},
-                      restarted=restarted)
+                      restarted=restarted, final_progress=rows.final_progress)
 
 
 def _encoding(digest: ContentDigest) -> str:

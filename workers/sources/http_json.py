@@ -78,9 +78,11 @@ def extract(
         if owned:
             active.close()
         return Extraction(items=iter(()), not_modified=True)
-    items = _walk(source, active, paginator, walk, page, close_fetcher=owned)
+    final_progress: dict[str, Any] = {}
+    items = _walk(source, active, paginator, walk, page, close_fetcher=owned, progress=final_progress)
     # A resumed walk learns no validators: the first segment's are kept (runs.fetch_state).
-    return Extraction(items=items, new_state={} if resume is not None else page.head.validators())
+    return Extraction(items=items, new_state={} if resume is not None else page.head.validators(),
+                      final_progress=final_progress)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +129,7 @@ def _walk(
     page: SpooledResponse,
     *,
     close_fetcher: bool,
+    progress: dict[str, Any],
 ) -> Iterator[RawItem | Boundary]:
     headers = source.resolved_headers()
     request, pages, position = walk.request, walk.pages + 1, walk.items + 1
@@ -140,7 +143,7 @@ def _walk(
             page.close()
             following = paginator.next(request, reader.rest, position - before, page.head)
             if following is None:
-                yield Boundary(None, {"pages": pages, "items": position - 1})  # the walk's last progress
+                progress.update(pages=pages, items=position - 1)  # the walk's last progress
                 return
             if pages >= source.max_pages:
                 raise PermanentError(

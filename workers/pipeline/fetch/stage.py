@@ -241,7 +241,7 @@ class _Segment:
     def finish(self) -> None:
         """The source is read: store the last chunk with the fetch's end, in one transaction."""
         progress = self.buffer.progress
-        progress["done"] = True
+        progress.update(self.extraction.final_progress, done=True)
 
         def end_fetch(conn: psycopg.Connection) -> None:
             self.lease.end_fetch(conn, chunks=self.buffer.chunk_no + self._pending(), state=self.fetch_state,
@@ -255,7 +255,7 @@ class _Segment:
     def _stop_at(self, boundary: Boundary, sifter: Sifter, kept: KeptIds | None) -> bool:
         """Note the boundary's progress; when the budget is spent, end the segment here."""
         self.buffer.progress.update(boundary.progress)
-        if boundary.position is None or not self.clock.spent(self.buffer.chunk_no):
+        if not self.clock.spent(self.buffer.chunk_no):
             return False
         sifter.close()  # every row read before the boundary goes into a chunk
         next_chunk = self.buffer.chunk_no + self._pending()

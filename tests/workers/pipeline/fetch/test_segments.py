@@ -116,6 +116,7 @@ def test_a_csv_read_in_many_segments_stores_exactly_what_one_fetch_stores(
     assert run["fetch_segments"] == segments and run["fetch_attempts"] == segments
     assert run["fetch_progress"]["done"] is True
     assert run["fetch_progress"]["bytes_total"] == os.path.getsize(path)
+    assert (run["fetch_progress"]["bytes_read"], run["fetch_progress"]["items"]) == (os.path.getsize(path), 3002)
     assert run["fetch_position"] is None and run["fetch_lease"] is None
     assert db.execute("SELECT count(*) FROM fetch_kept_ids").fetchone() == (0,)
 
