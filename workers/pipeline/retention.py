@@ -30,6 +30,13 @@ DELETE FROM raw_chunks WHERE run_id = %(run_id)s AND chunk_no IN (
 """
 
 
+# The ids a fetch kept between two segments (fetch/segment.py) serve only its next segment:
+# a run that ended mid-fetch (failed, cancelled) leaves them behind, whatever the retention.
+_DELETE_KEPT_IDS = """
+DELETE FROM fetch_kept_ids k USING runs r WHERE r.id = k.run_id AND r.status = ANY(%(finished)s)
+"""
+
+
 @dataclass(frozen=True)
 class PruneReport:
     runs: int
@@ -42,6 +49,8 @@ def delete_expired_chunks(
     """Delete raw chunks of runs finished more than `retention_days` ago, at most `max_chunks`
     per call (beat calls again within the hour)."""
     params = {"finished": list(FINISHED), "retention_s": retention_days * 86_400, "runs": 100}
+    with conn.transaction():
+        conn.execute(_DELETE_KEPT_IDS, params)
     runs = chunks = 0
     while chunks < max_chunks:
         expired = [run_id for (run_id,) in conn.execute(_EXPIRED_RUNS, params).fetchall()]

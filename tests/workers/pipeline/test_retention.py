@@ -52,3 +52,19 @@ def test_a_call_deletes_at_most_its_budget(db: psycopg.Connection) -> None:
     assert delete_expired_chunks(db, retention_days=7, batch=10, max_chunks=20).chunks == 20
     assert chunk_count(db, run_id) == 5
     assert delete_expired_chunks(db, retention_days=7, batch=10, max_chunks=20).chunks == 5
+
+
+def test_the_ids_a_fetch_kept_between_segments_go_once_its_run_ended(db: psycopg.Connection) -> None:
+    """fetch_kept_ids serve only the next segment of an active fetch (fetch/segment.py)."""
+    cancelled = run_with_chunks(db, RunStatus.CANCELLED, 0, chunks=1)  # ended a minute ago, mid-fetch
+    active = run_with_chunks(db, RunStatus.SUCCEEDED, None, chunks=1)
+    db.execute("UPDATE runs SET status = %s, finished_at = NULL WHERE id = %s", (RunStatus.RUNNING, active))
+    for run_id in (cancelled, active):
+        db.execute("INSERT INTO fetch_kept_ids (run_id, kept) VALUES (%s, 'x')", (run_id,))
+    db.commit()
+
+    delete_expired_chunks(db, retention_days=7)
+
+    left = [run_id for (run_id,) in db.execute("SELECT run_id FROM fetch_kept_ids")]
+    assert left == [active]
+    assert chunk_count(db, cancelled) == 1, "its raw chunks stay for the retention"
