@@ -117,6 +117,7 @@ def reconcile_stalled(
         conn.commit()
         if finalize_run(conn, run_id):
             report.runs_finalized.append(run_id)
+    conn.commit()  # the loop's SELECT opened a transaction: end it, or the block below is a mere savepoint
     with conn.transaction():
         conn.execute(_FORGET_PROCESSES, (FORGET_AFTER_S,))
     if any(report.__dict__.values()):

@@ -131,3 +131,10 @@ def test_the_work_of_a_dead_worker_process_is_redriven_without_waiting_for_the_t
     again = reconcile_stalled(db, timeout_s=3600, max_attempts=5, enqueue_fetch=sent_fetches.append,
                               enqueue_chunk=lambda run, chunk: sent_chunks.append((run, chunk)))
     assert again.fetches_redriven == [] and again.chunks_redriven == []
+    # A pass leaves no transaction open: beat sends it every few seconds to a worker whose
+    # connection (not in autocommit, as in workers/db.py) would otherwise hold locks that
+    # TRUNCATE and migrations wait on forever.
+    with psycopg.connect(db.info.dsn) as worker_conn:
+        reconcile_stalled(worker_conn, timeout_s=3600, max_attempts=5, enqueue_fetch=sent_fetches.append,
+                          enqueue_chunk=lambda run, chunk: sent_chunks.append((run, chunk)))
+        assert worker_conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
