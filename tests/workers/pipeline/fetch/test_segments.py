@@ -143,12 +143,17 @@ def test_a_file_replaced_between_segments_is_read_again_from_the_top(db: psycopg
     fetch_in_segments(db, run_id, ONE_CHUNK, between=swap)
     run = commit_all(db, run_id)
 
+    assert_restarted_as_a_clean_load(db, run, replacement)
+
+
+def assert_restarted_as_a_clean_load(db: psycopg.Connection, run: dict[str, Any], replacement: list[list[str]]) -> None:
+    """The run of source "swap" read two segments of the old version, then the new one whole."""
     assert run["status"] == RunStatus.SUCCEEDED, run["error"]
     assert run["fetch_progress"]["restarts"] == 1
     assert {k: r["title"] for k, r in records(db, "swap").items()} == {
         row[0]: row[1] for row in replacement
     }, "the result is a clean load of the new file"
-    lines = [line for line, *_ in stored_rows(db, run_id)]
+    lines = [line for line, *_ in stored_rows(db, run["id"])]
     restart = lines.index(2, 1)  # the header is line 1: where the new version's first row comes
     assert restart == 2 * 3 * BATCH, "two segments of the old version, then the new one from the top"
     assert len(lines) - restart == len(replacement)

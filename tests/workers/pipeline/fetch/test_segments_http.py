@@ -21,9 +21,10 @@ import pytest
 
 from app.core.run_status import RunStatus
 from tests.support.http_server import LocalHTTPServer, ServedFile
-from tests.support.pipeline import get_run, records, source
+from tests.support.pipeline import get_run, source
 from tests.workers.pipeline.fetch.test_segments import (
     ONE_CHUNK,
+    assert_restarted_as_a_clean_load,
     commit_all,
     fetch_in_segments,
     new_run,
@@ -160,13 +161,5 @@ def test_a_file_replaced_between_segments_is_read_again_from_the_top(
     fetch_in_segments(db, run_id, ONE_CHUNK, between=swap)
     run = commit_all(db, run_id)
 
-    assert run["status"] == RunStatus.SUCCEEDED, run["error"]
-    assert run["fetch_progress"]["restarts"] == 1
-    assert {k: r["title"] for k, r in records(db, "swap").items()} == {
-        row[0]: row[1] for row in replacement
-    }, "the result is a clean load of the new file"
-    lines = [line for line, *_ in stored_rows(db, run_id)]
-    restart = lines.index(2, 1)  # the header is line 1: where the new version's first row comes
-    assert restart == 2 * 3 * BATCH, "two segments of the old version, then the new one from the top"
-    assert len(lines) - restart == len(replacement)
+    assert_restarted_as_a_clean_load(db, run, replacement)
     assert run["fetch_state"]["etag"] == served.etag  # the validators of the version loaded
