@@ -31,7 +31,7 @@ lint: $(STAMP) ## ruff, mypy and the import layers (lint-imports)
 	$(VENV)/bin/mypy app workers celeryconfig.py
 	$(VENV)/bin/lint-imports
 
-bench: $(STAMP) ## Performance benchmark (1M-row CSV, 100k JSON API, API latency); writes docs/benchmarks.md
+bench: $(STAMP) ## Performance benchmark (1M-row CSV, 100k JSON API, API latency, a 10M-row CSV whole and killed halfway); writes docs/benchmarks.md
 	$(PY) scripts/bench.py
 
 migrate: $(STAMP) ## Create the database if missing and apply migrations

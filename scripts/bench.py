@@ -1,7 +1,7 @@
 """`make bench`: ingestion and API performance on the real stack, against reference figures.
 
-    python scripts/bench.py                          # 1M-row CSV, 100k-record JSON API, 3 repeats
-    python scripts/bench.py --rows 100000 --quick    # while developing: 1 repeat, short load tests
+    python scripts/bench.py                          # 1M-row CSV, 100k-record JSON API, 3 repeats, 10M-row CSV
+    python scripts/bench.py --rows 100000 --quick --scale-rows 0   # while developing: 1 repeat, short load tests
     python scripts/bench.py --api-only --database ingest_bench_api --redis-db 12   # API load tests only
 
 What it does, in a dedicated database (ingest_bench, dropped and recreated) and a
@@ -19,7 +19,10 @@ dedicated Redis database number, with processes it starts and stops itself:
 4. with the data in place (over a million records): wrk against /data (first page, a
    keyset page past 900,000, a selective `q`), /stats, and a minimal asyncpg + Starlette
    handler serving the same first-page query, as the ceiling;
-5. prints the figures and writes them, with the machine, to docs/benchmarks.md.
+5. a long source (scripts/bench/scale.py): the --scale-rows CSV (10M rows) loaded once
+   whole and once with the whole worker SIGKILLed halfway through its fetch, with beat
+   running, compared with the 1M-row first load (records/s, worker peak RSS);
+6. prints the figures and writes them, with the machine, to docs/benchmarks.md.
 
 With --api-only, only step 4 runs, against the database as it is (never dropped). When it
 has no records yet, they are loaded once the fast way: the pre-normalised rows (the
